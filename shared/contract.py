@@ -1,0 +1,205 @@
+"""The one contract every stage service and the gateway speak.
+
+Errors travel as ``{"error": {"code", "message", "stage"}}``; parameters are declared once per stage as
+``Param`` objects, which give both validation (422 naming the field) and the schema served by ``/info``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+STAGE_NAMES = ("denoise", "deblur", "colorize", "upscale", "postprocess")
+DEFAULT_PORTS = {"gateway": 8000, "denoise": 8101, "deblur": 8102, "colorize": 8103, "upscale": 8104,
+                 "postprocess": 8105, "ui": 8501}
+PROCESS_TIME_HEADER = "X-Process-Time-Ms"
+
+
+class StageError(Exception):
+    """An error with an HTTP status and a stable machine-readable code."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
+                 stage: str | None = None, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        if status:
+            self.status = status
+        self.stage = stage
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict:
+        return error_body(self.code, self.message, self.stage)
+
+
+class BadRequest(StageError):
+    status = 400
+    code = "bad_request"
+
+
+class InvalidParams(StageError):
+    status = 422
+    code = "invalid_params"
+
+    def __init__(self, message: str, *, field: str | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.field = field
+
+    def body(self) -> dict:
+        body = super().body()
+        if self.field is not None:
+            body["error"]["field"] = self.field
+        return body
+
+
+class UnsupportedImage(StageError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ImageTooLarge(StageError):
+    status = 413
+    code = "image_too_large"
+
+
+class ModelUnavailable(StageError):
+    """The stage's model weights are not installed; names them and the command that fetches them."""
+
+    status = 503
+    code = "model_unavailable"
+
+    def __init__(self, model: str, fetch_command: str, *, reason: str = "weights are not installed",
+                 stage: str | None = None):
+        super().__init__(f"model '{model}' is unavailable: {reason}. Fetch it with: {fetch_command}",
+                         stage=stage)
+        self.model = model
+        self.fetch_command = fetch_command
+
+    def body(self) -> dict:
+        body = super().body()
+        body["error"].update(model=self.model, fetch_command=self.fetch_command)
+        return body
+
+
+def error_body(code: str, message: str, stage: str | None = None) -> dict:
+    return {"error": {"code": code, "message": message, "stage": stage}}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared stage parameter. ``kind`` is float, int, bool or enum."""
+
+    name: str
+    kind: str
+    default: Any
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    choices: tuple[str, ...] = ()
+    nullable: bool = False
+
+    def schema(self) -> dict:
+        out: dict[str, Any] = {"name": self.name, "type": self.kind, "default": self.default,
+                               "description": self.description}
+        if self.minimum is not None:
+            out["minimum"] = self.minimum
+            out["exclusive_minimum"] = self.exclusive_minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
+        if self.choices:
+            out["choices"] = list(self.choices)
+        if self.nullable:
+            out["nullable"] = True
+        return out
+
+    def coerce(self, value: Any) -> Any:
+        if value is None:
+            if self.nullable:
+                return None
+            raise InvalidParams(f"parameter '{self.name}' must not be null", field=self.name)
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            raise InvalidParams(f"parameter '{self.name}' must be true or false", field=self.name)
+        if self.kind == "enum":
+            if isinstance(value, str) and value in self.choices:
+                return value
+            raise InvalidParams(f"parameter '{self.name}' must be one of {list(self.choices)}, got {value!r}",
+                                field=self.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidParams(f"parameter '{self.name}' must be a number, got {value!r}", field=self.name)
+        if self.kind == "int":
+            if float(value) != int(value):
+                raise InvalidParams(f"parameter '{self.name}' must be an integer", field=self.name)
+            value = int(value)
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise InvalidParams(f"parameter '{self.name}' must be finite", field=self.name)
+        low_ok = self.minimum is None or (value > self.minimum if self.exclusive_minimum else value >= self.minimum)
+        high_ok = self.maximum is None or value <= self.maximum
+        if not (low_ok and high_ok):
+            low = "(" if self.exclusive_minimum else "["
+            raise InvalidParams(f"parameter '{self.name}' = {value} is out of range "
+                                f"{low}{self.minimum}, {self.maximum}]", field=self.name)
+        return value
+
+
+def params_schema(params: Iterable[Param]) -> list[dict]:
+    return [p.schema() for p in params]
+
+
+def parse_params_json(raw: str | None) -> dict:
+    """Parse the ``params`` form field (a JSON object); empty means all defaults."""
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidParams(f"'params' is not valid JSON: {exc.msg}", field="params") from None
+    if not isinstance(value, dict):
+        raise InvalidParams("'params' must be a JSON object", field="params")
+    return value
+
+
+def validate_params(declared: Iterable[Param], given: Mapping[str, Any]) -> dict:
+    """Fill defaults, reject unknown names and out-of-range values (InvalidParams names the field)."""
+    by_name = {p.name: p for p in declared}
+    unknown = sorted(set(given) - set(by_name))
+    if unknown:
+        raise InvalidParams(f"unknown parameter '{unknown[0]}'; known: {sorted(by_name)}", field=unknown[0])
+    return {name: (p.coerce(given[name]) if name in given else p.default) for name, p in by_name.items()}
+
+
+def validate_against_schema(schema: list[dict], given: Mapping[str, Any]) -> dict:
+    """Same validation from a served ``/info`` schema (used by the gateway before it runs a chain)."""
+    declared = [Param(name=s["name"], kind=s["type"], default=s.get("default"), description="",
+                      minimum=s.get("minimum"), maximum=s.get("maximum"),
+                      exclusive_minimum=s.get("exclusive_minimum", False),
+                      choices=tuple(s.get("choices", ())), nullable=s.get("nullable", False))
+                for s in schema]
+    return validate_params(declared, given)
+
+
+@dataclass
+class StageContext:
+    """Per-request state handed to a stage: progress reporting and extra response headers.
+
+    A new one is made for every request, so nothing of one request can leak into another.
+    """
+
+    progress_callback: Any = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+
+    def progress(self, done: int, total: int) -> None:
+        if self.progress_callback is not None:
+            self.progress_callback(done, total)
+
+    def set_header(self, name: str, value: str) -> None:
+        self.response_headers[name] = value

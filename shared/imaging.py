@@ -1,0 +1,226 @@
+"""Image codec shared by every stage: JPEG/PNG in, lossless PNG out, metadata and alpha kept.
+
+Pixels travel inside the process as float32 RGB in [0, 1] plus an optional float32 alpha plane, so each
+stage sees one representation whatever the file held (grayscale, palette, 16-bit, CMYK, alpha).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, ImageFile
+
+from .contract import BadRequest, ImageTooLarge, UnsupportedImage
+
+# We check the pixel count ourselves, from the header, with our own limit and error.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+DEFAULT_MAX_PIXELS = 2_000_000
+EXIF_ORIENTATION_TAG = 0x0112
+SUPPORTED_FORMATS = ("JPEG", "PNG")
+
+
+def max_pixels_from_env(var: str = "MAX_PIXELS", default: int = DEFAULT_MAX_PIXELS) -> int:
+    return int(os.environ.get(var, default))
+
+
+@dataclass(frozen=True)
+class Picture:
+    rgb: np.ndarray                    # float32, H x W x 3, values in [0, 1]
+    alpha: np.ndarray | None = None    # float32, H x W, values in [0, 1]
+    bit_depth: int = 8                 # precision to encode with: 8 or 16
+    exif: bytes | None = None          # raw EXIF (TIFF header first, no "Exif\0\0" prefix)
+    icc_profile: bytes | None = None
+
+    @property
+    def height(self) -> int:
+        return self.rgb.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.rgb.shape[1]
+
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width
+
+    def replace(self, **changes) -> "Picture":
+        return dataclasses.replace(self, **changes)
+
+
+def probe_size(data: bytes) -> tuple[str, int, int]:
+    """Format, width and height from the header alone (nothing is decoded)."""
+    if not data:
+        raise BadRequest("the uploaded image is empty", code="empty_image")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt, (width, height) = im.format, im.size
+    except Exception:
+        raise UnsupportedImage("the upload is not a JPEG or PNG image") from None
+    if fmt not in SUPPORTED_FORMATS:
+        raise UnsupportedImage(f"unsupported image format {fmt}; send JPEG or PNG")
+    return fmt, width, height
+
+
+def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+    """Decode a JPEG or PNG upload; the pixel limit is checked from the header before decoding."""
+    fmt, width, height = probe_size(data)
+    check_pixel_limit(width, height, max_pixels)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            exif_obj = im.getexif()
+            orientation = int(exif_obj.get(EXIF_ORIENTATION_TAG, 1) or 1)
+            exif = _strip_exif_prefix(im.info.get("exif"))
+            icc = im.info.get("icc_profile") or None
+            if fmt == "PNG" and _png_bit_depth(data) == 16:
+                rgb, alpha = _decode_16bit_png(data)
+                bit_depth = 16
+            else:
+                im.load()
+                if im.mode == "CMYK":
+                    icc = None  # a CMYK profile does not describe the RGB pixels we produce
+                rgb, alpha, bit_depth = _pil_to_arrays(im)
+    except (OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
+        raise BadRequest(f"the image data is corrupt or truncated: {exc}", code="corrupt_image") from None
+    if orientation != 1:
+        rgb = _apply_orientation(rgb, orientation)
+        alpha = None if alpha is None else _apply_orientation(alpha, orientation)
+        exif = _reset_orientation(exif_obj)
+    return Picture(rgb=np.ascontiguousarray(rgb), alpha=None if alpha is None else np.ascontiguousarray(alpha),
+                   bit_depth=bit_depth, exif=exif, icc_profile=icc)
+
+
+def _strip_exif_prefix(exif: bytes | None) -> bytes | None:
+    if not exif:
+        return None
+    return exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
+
+
+def _reset_orientation(exif_obj: Image.Exif) -> bytes:
+    exif_obj[EXIF_ORIENTATION_TAG] = 1
+    return _strip_exif_prefix(exif_obj.tobytes())
+
+
+def _png_bit_depth(data: bytes) -> int:
+    # IHDR is always the first chunk: signature(8) length(4) type(4) width(4) height(4) depth(1)
+    return data[24] if len(data) > 24 and data[12:16] == b"IHDR" else 8
+
+
+def _decode_16bit_png(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+    # Pillow reduces 16-bit RGB PNGs to 8 bits; OpenCV keeps all 16.
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise OSError("OpenCV could not decode the 16-bit PNG")
+    arr = arr.astype(np.float32) / 65535.0
+    if arr.ndim == 2:
+        return np.repeat(arr[:, :, None], 3, axis=2), None
+    if arr.shape[2] == 2:  # gray + alpha
+        return np.repeat(arr[:, :, :1], 3, axis=2), arr[:, :, 1]
+    if arr.shape[2] == 4:
+        return arr[:, :, 2::-1], arr[:, :, 3]
+    return arr[:, :, ::-1], None
+
+
+def _pil_to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale
+        arr = np.asarray(im, dtype=np.float32) / 65535.0
+        return np.repeat(np.clip(arr, 0, 1)[:, :, None], 3, axis=2), None, 16
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode == "L" and "transparency" in im.info:
+        im = im.convert("LA")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        im = im.convert("RGBA" if "A" in mode or "transparency" in im.info else "RGB")
+    arr = np.asarray(im, dtype=np.float32) * np.float32(1 / 255)
+    if arr.ndim == 2:
+        return np.repeat(arr[:, :, None], 3, axis=2), None, 8
+    if im.mode == "LA":
+        return np.repeat(arr[:, :, :1], 3, axis=2), arr[:, :, 1], 8
+    if im.mode == "RGBA":
+        return arr[:, :, :3], arr[:, :, 3], 8
+    return arr, None, 8
+
+
+def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    # EXIF orientations 2..8 as flips and rotations (np.rot90 turns counter-clockwise).
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: np.swapaxes(a, 0, 1), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: np.rot90(a, 1)[::-1], 8: lambda a: np.rot90(a, 1)}
+    op = ops.get(orientation)
+    return arr if op is None else op(arr)
+
+
+def is_grayscale(rgb: np.ndarray, tolerance: float = 1 / 255) -> bool:
+    return bool(np.abs(rgb[:, :, 0] - rgb[:, :, 1]).max() <= tolerance
+                and np.abs(rgb[:, :, 1] - rgb[:, :, 2]).max() <= tolerance)
+
+
+def to_integer(arr: np.ndarray, bit_depth: int) -> np.ndarray:
+    peak = 65535.0 if bit_depth == 16 else 255.0
+    dtype = np.uint16 if bit_depth == 16 else np.uint8
+    out = np.multiply(arr, peak, dtype=np.float32)
+    np.clip(out, 0, peak, out=out)
+    out += 0.5
+    return out.astype(dtype)
+
+
+def encode_png(picture: Picture, compression: int = 1) -> bytes:
+    """Lossless PNG with the picture's precision, alpha, EXIF and ICC profile."""
+    gray = is_grayscale(picture.rgb, tolerance=0.0)
+    colour = picture.rgb[:, :, :1] if gray else picture.rgb[:, :, ::-1]  # OpenCV writes BGR
+    planes = [colour] if picture.alpha is None else [colour, picture.alpha[:, :, None]]
+    arr = to_integer(np.concatenate(planes, axis=2) if len(planes) > 1 else colour, picture.bit_depth)
+    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return _insert_png_chunks(buf.tobytes(), picture.exif, picture.icc_profile)
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _insert_png_chunks(png: bytes, exif: bytes | None, icc: bytes | None) -> bytes:
+    extra = b""
+    if icc:
+        extra += _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc))
+    if exif:
+        extra += _png_chunk(b"eXIf", exif)
+    if not extra:
+        return png
+    ihdr_end = 8 + 8 + struct.unpack(">I", png[8:12])[0] + 4
+    return png[:ihdr_end] + extra + png[ihdr_end:]
+
+
+def encode_jpeg(picture: Picture, quality: int = 92) -> bytes:
+    """JPEG for downloads (alpha is composited on white; EXIF and ICC kept)."""
+    rgb = picture.rgb
+    if picture.alpha is not None:
+        a = picture.alpha[:, :, None]
+        rgb = rgb * a + (1 - a)
+    im = Image.fromarray(to_integer(rgb, 8), "RGB")
+    out = io.BytesIO()
+    kwargs = {}
+    if picture.exif:
+        kwargs["exif"] = b"Exif\x00\x00" + picture.exif
+    if picture.icc_profile:
+        kwargs["icc_profile"] = picture.icc_profile
+    im.save(out, "JPEG", quality=quality, **kwargs)
+    return out.getvalue()
