@@ -23,9 +23,11 @@ class StageError(Exception):
     code = "internal_error"
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
-                 stage: str | None = None, headers: Mapping[str, str] | None = None):
+                 stage: str | None = None, headers: Mapping[str, str] | None = None,
+                 details: Mapping[str, Any] | None = None):
         super().__init__(message)
         self.message = message
+        self.details = dict(details or {})
         if code:
             self.code = code
         if status:
@@ -34,7 +36,9 @@ class StageError(Exception):
         self.headers = dict(headers or {})
 
     def body(self) -> dict:
-        return error_body(self.code, self.message, self.stage)
+        body = error_body(self.code, self.message, self.stage)
+        body["error"].update(self.details)
+        return body
 
 
 class BadRequest(StageError):
@@ -47,14 +51,8 @@ class InvalidParams(StageError):
     code = "invalid_params"
 
     def __init__(self, message: str, *, field: str | None = None, **kwargs):
-        super().__init__(message, **kwargs)
+        super().__init__(message, details={"field": field} if field is not None else None, **kwargs)
         self.field = field
-
-    def body(self) -> dict:
-        body = super().body()
-        if self.field is not None:
-            body["error"]["field"] = self.field
-        return body
 
 
 class UnsupportedImage(StageError):
@@ -76,14 +74,9 @@ class ModelUnavailable(StageError):
     def __init__(self, model: str, fetch_command: str, *, reason: str = "weights are not installed",
                  stage: str | None = None):
         super().__init__(f"model '{model}' is unavailable: {reason}. Fetch it with: {fetch_command}",
-                         stage=stage)
+                         stage=stage, details={"model": model, "fetch_command": fetch_command})
         self.model = model
         self.fetch_command = fetch_command
-
-    def body(self) -> dict:
-        body = super().body()
-        body["error"].update(model=self.model, fetch_command=self.fetch_command)
-        return body
 
 
 def error_body(code: str, message: str, stage: str | None = None) -> dict:

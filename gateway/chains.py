@@ -1,0 +1,175 @@
+"""Chains of stages: the fixed simple-mode chain, per-request advanced chains, and the runner.
+
+Pipeline step names are what users see; each maps to one service plus parameters the step pins
+(post-denoise and sharpen are the two halves of the postprocess service).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from shared.contract import InvalidParams, StageError, validate_against_schema
+
+from .client import StageClient
+
+# step name -> (service, params pinned by the step)
+STEPS: dict[str, tuple[str, dict[str, Any]]] = {
+    "denoise": ("denoise", {}),
+    "deblur": ("deblur", {}),
+    "colorize": ("colorize", {}),
+    "upscale": ("upscale", {}),
+    "post-denoise": ("postprocess", {"sharpen_amount": 0.0}),
+    "sharpen": ("postprocess", {"blur_sigma": 0.0}),
+    "postprocess": ("postprocess", {}),
+}
+SIMPLE_CHAIN = ("denoise", "deblur", "colorize", "upscale", "post-denoise", "sharpen")
+COLORIZE_CHOICES = ("auto", "on", "off")
+MAX_ADVANCED_STEPS = 16
+# Response headers of a stage that the gateway passes on (the stage's own report of what it decided).
+FORWARDED_HEADER_PREFIXES = ("x-colorize", "x-noise", "x-upscale", "x-deblur", "x-model")
+
+
+@dataclass
+class Step:
+    name: str
+    service: str
+    params: dict[str, Any]
+    skip_if_unavailable: bool = False
+
+
+@dataclass
+class StepTiming:
+    name: str
+    gateway_ms: float
+    stage_ms: float | None
+
+
+@dataclass
+class ChainOutcome:
+    image: bytes | None                       # None when every step was skipped
+    timings: list[StepTiming] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (step, reason)
+    forwarded_headers: dict[str, str] = field(default_factory=dict)
+
+    def server_timing(self) -> str:
+        return ", ".join(f"{t.name};dur={t.gateway_ms:.1f}" for t in self.timings)
+
+
+def parse_upscale(value: str) -> dict[str, Any] | None:
+    """Simple-mode upscale choice -> upscale params, None for no upscale."""
+    text = (value or "none").strip().lower()
+    if text == "none":
+        return None
+    if text == "enhance":
+        return {"enhance": True}
+    if text in ("x2", "x4"):
+        return {"scale": float(text[1:])}
+    try:
+        factor = float(text.lstrip("x"))
+    except ValueError:
+        raise InvalidParams("'upscale' must be none, x2, x4, enhance or a factor such as 1.5",
+                            field="upscale") from None
+    if not 1 < factor <= 8:
+        raise InvalidParams(f"upscale factor {factor} is out of range (1, 8]", field="upscale")
+    return {"scale": factor}
+
+
+def simple_chain(colorize: str, upscale: str) -> list[Step]:
+    if colorize not in COLORIZE_CHOICES:
+        raise InvalidParams(f"'colorize' must be one of {list(COLORIZE_CHOICES)}", field="colorize")
+    upscale_params = parse_upscale(upscale)
+    steps = []
+    for name in SIMPLE_CHAIN:
+        service, pinned = STEPS[name]
+        params = dict(pinned)
+        if name == "colorize":
+            if colorize == "off":
+                continue
+            params["mode"] = "auto" if colorize == "auto" else "force"
+        if name == "upscale":
+            if upscale_params is None:
+                continue
+            params.update(upscale_params)
+        steps.append(Step(name, service, params, skip_if_unavailable=True))
+    return steps
+
+
+def parse_advanced_chain(raw: str | None) -> list[tuple[str, dict]]:
+    """The ``stages`` field: a JSON list of {"stage": name, "params": {...}}."""
+    if raw is None or not raw.strip():
+        raise InvalidParams("'stages' is required: a JSON list of {\"stage\": name, \"params\": {...}}",
+                            field="stages")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidParams(f"'stages' is not valid JSON: {exc.msg}", field="stages") from None
+    if not isinstance(value, list):
+        raise InvalidParams("'stages' must be a JSON list", field="stages")
+    if len(value) > MAX_ADVANCED_STEPS:
+        raise InvalidParams(f"at most {MAX_ADVANCED_STEPS} stages per request", field="stages")
+    chain = []
+    for index, item in enumerate(value):
+        if isinstance(item, str):
+            item = {"stage": item}
+        if not isinstance(item, dict) or not isinstance(item.get("stage"), str):
+            raise InvalidParams(f"stages[{index}] must be an object with a 'stage' name", field=f"stages[{index}]")
+        extra_keys = set(item) - {"stage", "params"}
+        if extra_keys:
+            raise InvalidParams(f"stages[{index}] has unknown key(s) {sorted(extra_keys)}", field=f"stages[{index}]")
+        name, params = item["stage"], item.get("params") or {}
+        if name not in STEPS:
+            raise InvalidParams(f"unknown stage '{name}'; known: {list(STEPS)}", field=f"stages[{index}].stage")
+        if not isinstance(params, dict):
+            raise InvalidParams(f"stages[{index}].params must be an object", field=f"stages[{index}].params")
+        chain.append((name, params))
+    return chain
+
+
+async def build_advanced_steps(client: StageClient, chain: list[tuple[str, dict]]) -> list[Step]:
+    """Validate every step's params against its service's served schema before anything runs."""
+    steps = []
+    for index, (name, params) in enumerate(chain):
+        service, pinned = STEPS[name]
+        schema = (await client.info(service))["params"]
+        clashes = sorted(set(params) & set(pinned))
+        if clashes:
+            raise InvalidParams(f"stages[{index}] ({name}) does not take '{clashes[0]}'",
+                                field=f"stages[{index}].params.{clashes[0]}")
+        try:
+            validate_against_schema(schema, {**params, **pinned})
+        except InvalidParams as exc:
+            raise InvalidParams(f"stages[{index}] ({name}): {exc.message}",
+                                field=f"stages[{index}].params.{exc.field}", stage=name) from None
+        steps.append(Step(name, service, {**params, **pinned}))
+    return steps
+
+
+ProgressHook = Callable[[str, int, int], Awaitable[None]]
+
+
+async def run_chain(client: StageClient, image: bytes, steps: list[Step],
+                    on_step_start: ProgressHook | None = None, outcome: ChainOutcome | None = None) -> ChainOutcome:
+    """Run ``steps`` in order; ``outcome`` (filled as the chain goes) lets a caller watch progress live."""
+    outcome = outcome if outcome is not None else ChainOutcome(image=None)
+    current = image
+    for index, step in enumerate(steps):
+        if on_step_start is not None:
+            await on_step_start(step.name, index, len(steps))
+        started = time.perf_counter()
+        try:
+            result = await client.process(step.service, current, step.params)
+        except StageError as exc:
+            if exc.status == 503 and exc.code == "model_unavailable" and step.skip_if_unavailable:
+                outcome.skipped.append((step.name, exc.message))
+                continue
+            exc.stage = step.name
+            raise
+        outcome.timings.append(StepTiming(step.name, (time.perf_counter() - started) * 1000, result.stage_ms))
+        for key, value in result.headers.items():
+            if key.lower().startswith(FORWARDED_HEADER_PREFIXES):
+                outcome.forwarded_headers[key] = value
+        current = result.image
+        outcome.image = current
+    return outcome

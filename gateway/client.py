@@ -1,0 +1,113 @@
+"""HTTP calls from the gateway to the stage services: pooled client, retries, timeouts, errors named by stage."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import httpx
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from shared.contract import StageError
+
+from .settings import Settings
+
+# Errors where the request never reached a working stage or the stage died while serving it: safe to retry,
+# because /process has no side effects.
+RETRYABLE_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
+                              httpx.ReadError, httpx.WriteError, httpx.PoolTimeout)
+
+
+class RetryableStatus(Exception):
+    def __init__(self, response: httpx.Response):
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+def _should_retry(exc: BaseException) -> bool:
+    return isinstance(exc, RETRYABLE_TRANSPORT_ERRORS + (RetryableStatus,))
+
+
+@dataclass
+class StageResult:
+    image: bytes
+    gateway_ms: float          # wall time seen by the gateway, transfers and retries included
+    stage_ms: float | None     # the stage's own X-Process-Time-Ms
+    headers: dict[str, str]
+
+
+class StageClient:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        self._info_cache: dict[str, tuple[float, dict]] = {}
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    def _timeout(self, service: str) -> httpx.Timeout:
+        return httpx.Timeout(self.settings.stage_timeouts[service], connect=self.settings.connect_timeout)
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(stop=stop_after_attempt(self.settings.retry_attempts),
+                             wait=wait_exponential(multiplier=0.2, max=self.settings.retry_max_wait),
+                             retry=retry_if_exception(_should_retry), reraise=True)
+
+    async def process(self, service: str, image: bytes, params: dict) -> StageResult:
+        url = self.settings.service_urls[service] + "/process"
+        started = time.perf_counter()
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    response = await self.http.post(
+                        url, files={"image": ("image.png", image, "image/png")},
+                        data={"params": json.dumps(params)}, timeout=self._timeout(service))
+                    if response.status_code >= 500 and response.status_code != 503:
+                        raise RetryableStatus(response)
+        except RetryableStatus as exc:
+            raise _stage_failure(service, exc.response) from None
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise StageError(f"stage '{service}' is unreachable at {url}", code="stage_unreachable",
+                                 status=502, stage=service) from None
+            raise StageError(f"stage '{service}' did not answer within {self.settings.stage_timeouts[service]:.0f}"
+                             " s", code="stage_timeout", status=504, stage=service) from None
+        except httpx.TransportError as exc:
+            raise StageError(f"stage '{service}' is unreachable or failed mid-request ({type(exc).__name__})",
+                             code="stage_unreachable", status=502, stage=service) from None
+        gateway_ms = (time.perf_counter() - started) * 1000
+        if response.status_code != 200:
+            raise _stage_failure(service, response)
+        stage_ms = response.headers.get("x-process-time-ms")
+        return StageResult(response.content, gateway_ms, float(stage_ms) if stage_ms else None,
+                           dict(response.headers))
+
+    async def get_json(self, service: str, path: str) -> dict:
+        url = self.settings.service_urls[service] + path
+        try:
+            response = await self.http.get(url, timeout=httpx.Timeout(10, connect=self.settings.connect_timeout))
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise StageError(f"stage '{service}' is unreachable at {url} ({type(exc).__name__})",
+                             code="stage_unreachable", status=502, stage=service) from None
+
+    async def info(self, service: str) -> dict:
+        cached = self._info_cache.get(service)
+        if cached and time.monotonic() - cached[0] < self.settings.info_cache_ttl:
+            return cached[1]
+        info = await self.get_json(service, "/info")
+        self._info_cache[service] = (time.monotonic(), info)
+        return info
+
+
+def _stage_failure(service: str, response: httpx.Response) -> StageError:
+    """Turn a stage's non-200 answer into a gateway error that keeps its status, code and message."""
+    try:
+        error = response.json()["error"]
+        code, message = error.get("code", "stage_error"), error.get("message", response.text)
+        extra = {k: v for k, v in error.items() if k not in ("code", "message", "stage")}
+    except (ValueError, KeyError, TypeError):
+        code, message, extra = "stage_error", response.text[:500], {}
+    status = response.status_code if response.status_code < 500 or response.status_code == 503 else 502
+    return StageError(f"stage '{service}': {message}", code=code, status=status, stage=service, details=extra)

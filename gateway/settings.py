@@ -1,0 +1,51 @@
+"""Gateway configuration, all from environment variables (compose sets the service URLs)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from shared.contract import DEFAULT_PORTS, STAGE_NAMES
+from shared.imaging import DEFAULT_MAX_PIXELS
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class Settings:
+    service_urls: dict[str, str]
+    stage_timeouts: dict[str, float]
+    connect_timeout: float
+    retry_attempts: int
+    retry_max_wait: float
+    max_pixels: int
+    finish_max_pixels: int
+    jobs_max_queued: int
+    jobs_workers: int
+    jobs_result_ttl: float
+    info_cache_ttl: float = 30.0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        urls = {name: os.environ.get(f"{name.upper()}_URL", f"http://127.0.0.1:{DEFAULT_PORTS[name]}").rstrip("/")
+                for name in STAGE_NAMES}
+        # Model stages can take minutes on a CPU for large photos; classical ones never should.
+        default_timeout = _float("STAGE_TIMEOUT_S", 900)
+        timeouts = {name: _float(f"{name.upper()}_TIMEOUT_S", default_timeout) for name in STAGE_NAMES}
+        max_pixels = _int("MAX_PIXELS", DEFAULT_MAX_PIXELS)
+        return cls(service_urls=urls, stage_timeouts=timeouts,
+                   connect_timeout=_float("STAGE_CONNECT_TIMEOUT_S", 3),
+                   retry_attempts=_int("STAGE_RETRY_ATTEMPTS", 3),
+                   retry_max_wait=_float("STAGE_RETRY_MAX_WAIT_S", 2),
+                   max_pixels=max_pixels,
+                   finish_max_pixels=_int("FINISH_MAX_PIXELS", max_pixels * 16),
+                   jobs_max_queued=_int("JOBS_MAX_QUEUED", 8),
+                   jobs_workers=_int("JOBS_WORKERS", 1),
+                   jobs_result_ttl=_float("JOBS_RESULT_TTL_S", 3600),
+                   info_cache_ttl=_float("STAGE_INFO_CACHE_S", 30))
