@@ -132,7 +132,11 @@ async def build_advanced_steps(client: StageClient, chain: list[tuple[str, dict]
     steps = []
     for index, (name, params) in enumerate(chain):
         service, pinned = STEPS[name]
-        schema = (await client.info(service))["params"]
+        try:
+            schema = (await client.info(service))["params"]
+        except StageError as exc:
+            exc.stage = name
+            raise
         clashes = sorted(set(params) & set(pinned))
         if clashes:
             raise InvalidParams(f"stages[{index}] ({name}) does not take '{clashes[0]}'",
