@@ -1,0 +1,96 @@
+"""Start every stage service, the gateway and the UI as local processes; stop them all on Ctrl-C.
+
+Used by `make run`. Each process gets its default port (override with <NAME>_PORT env vars).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared.contract import DEFAULT_PORTS, STAGE_NAMES  # noqa: E402
+
+HOST = os.environ.get("HOST", "127.0.0.1")
+
+
+def port_of(name: str) -> int:
+    return int(os.environ.get(f"{name.upper()}_PORT", DEFAULT_PORTS[name]))
+
+
+def commands() -> dict[str, tuple[list[str], str]]:
+    """name -> (argv, health URL)."""
+    uvicorn = [sys.executable, "-m", "uvicorn", "--host", HOST]
+    out = {name: (uvicorn + [f"services.{name}.app:app", "--port", str(port_of(name))],
+                  f"http://{HOST}:{port_of(name)}/health") for name in STAGE_NAMES}
+    out["gateway"] = (uvicorn + ["gateway.app:app", "--port", str(port_of("gateway"))],
+                      f"http://{HOST}:{port_of('gateway')}/health")
+    if (ROOT / "ui" / "app.py").exists():
+        out["ui"] = ([sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"),
+                      "--server.port", str(port_of("ui")), "--server.address", HOST,
+                      "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                     f"http://{HOST}:{port_of('ui')}/_stcore/health")
+    return out
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def main() -> int:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for name in STAGE_NAMES:
+        env.setdefault(f"{name.upper()}_URL", f"http://{HOST}:{port_of(name)}")
+    env.setdefault("GATEWAY_URL", f"http://{HOST}:{port_of('gateway')}")
+    processes: dict[str, subprocess.Popen] = {}
+    try:
+        for name, (argv, _) in commands().items():
+            processes[name] = subprocess.Popen(argv, cwd=ROOT, env=env)
+        pending = dict((name, url) for name, (_, url) in commands().items())
+        deadline = time.monotonic() + 180
+        while pending and time.monotonic() < deadline:
+            for name, url in list(pending.items()):
+                if processes[name].poll() is not None:
+                    print(f"{name} exited with code {processes[name].returncode}", file=sys.stderr)
+                    return 1
+                if healthy(url):
+                    del pending[name]
+            time.sleep(0.3)
+        if pending:
+            print(f"not healthy after 180 s: {sorted(pending)}", file=sys.stderr)
+            return 1
+        print("\nAll services are up:")
+        for name in commands():
+            print(f"  {name:12s} http://{HOST}:{port_of(name)}")
+        print(f"\nTry: curl -F image=@photo.jpg -F colorize=auto -F upscale=none "
+              f"http://{HOST}:{port_of('gateway')}/v1/restore -o restored.png\nCtrl-C stops everything.")
+        while all(p.poll() is None for p in processes.values()):
+            time.sleep(1)
+        dead = [n for n, p in processes.items() if p.poll() is not None]
+        print(f"stopped unexpectedly: {dead}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
