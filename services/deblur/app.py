@@ -1,14 +1,13 @@
-"""deblur service (model implementation pending: answers 503 until its weights and model code exist)."""
-from shared.contract import ModelUnavailable
+"""Deblur service: MAXIM-3S (GoPro) or DeblurGAN-v2 (FPN-MobileNet / FPN-Inception), tiled."""
 from shared.service import Stage, create_stage_app, run_service
 
+from .models import DeblurModels
+from .stage import PARAMS, make_deblur
 
-def _unavailable(picture, params, ctx):
-    raise ModelUnavailable("deblur", "python -m services.deblur.fetch", reason="model code is not installed yet")
-
-
-STAGE = Stage(name="deblur", description="deblur (not yet implemented)", params=(), run=_unavailable,
-              models=lambda: {}, needs_model=True)
+MODELS = DeblurModels()
+STAGE = Stage(name="deblur",
+              description="Motion / defocus deblurring with MAXIM-3S (GoPro) or DeblurGAN-v2, tiled",
+              params=PARAMS, run=make_deblur(MODELS), models=MODELS.status, needs_model=True)
 app = create_stage_app(STAGE)
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""Deblur stage: a real deblurring network (MAXIM-3S or DeblurGAN-v2), tiled, blended with the input.
+
+Pure function of (picture, params); the model objects it uses are shared and read-only. Large images go
+through the shared tiler (overlapping tiles with context, linear cross-fades), so memory stays bounded by
+one tile whatever the image size. Alpha, EXIF, ICC and bit depth pass through unchanged; a grayscale
+picture stays grayscale.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from shared.contract import Param, StageContext
+from shared.imaging import Picture, is_grayscale
+from shared.tiling import process_tiled
+
+from .models import INCEPTION, MAXIM, MOBILENET, MODEL_FILES, DeblurModels
+
+PARAMS = (
+    Param("model", "enum", None, "deblur network; null = the default (first installed of "
+          f"{MOBILENET}, {MAXIM}, {INCEPTION})", choices=tuple(MODEL_FILES), nullable=True),
+    Param("strength", "float", 1.0, "blend of the deblurred result with the input (0 = input, 1 = full)",
+          minimum=0.0, maximum=1.0),
+)
+
+# Tile geometry per model (input pixels). tile + 2 * context is a multiple of the network's size step, so
+# interior tiles need no padding. MAXIM's cost grows with the tile area only, so it gets mid-size tiles.
+TILING = {
+    MAXIM: {"tile": 192, "overlap": 32, "context": 32},
+    MOBILENET: {"tile": 448, "overlap": 32, "context": 32},
+    INCEPTION: {"tile": 448, "overlap": 32, "context": 32},
+}
+
+
+def tiling_for(name: str) -> dict:
+    """Tile settings; DEBLUR_TILE / DEBLUR_TILE_CONTEXT override the tile and context sizes."""
+    settings = dict(TILING[name])
+    if os.environ.get("DEBLUR_TILE"):
+        settings["tile"] = int(os.environ["DEBLUR_TILE"])
+        settings["overlap"] = min(settings["overlap"], settings["tile"] // 4)
+    if os.environ.get("DEBLUR_TILE_CONTEXT"):
+        settings["context"] = int(os.environ["DEBLUR_TILE_CONTEXT"])
+    return settings
+
+
+def deblur_array(rgb: np.ndarray, runner, *, tile: int, overlap: int, context: int, progress=None) -> np.ndarray:
+    """Deblur an H x W x 3 float32 [0, 1] array with ``runner`` (tile function) via the shared tiler."""
+    return process_tiled(rgb, runner, tile=tile, overlap=overlap, context=context, progress=progress)
+
+
+def make_deblur(models: DeblurModels):
+    def deblur(picture: Picture, params: dict, ctx: StageContext) -> Picture:
+        name, runner = models.get(params["model"])
+        ctx.set_header("X-Deblur-Model", name)
+        strength = float(params["strength"])
+        if strength == 0.0:
+            return picture
+        rgb = np.ascontiguousarray(picture.rgb, dtype=np.float32)
+        result = deblur_array(rgb, runner, progress=ctx.progress, **tiling_for(name))
+        if strength < 1.0:
+            result = rgb + np.float32(strength) * (result - rgb)
+        if is_grayscale(picture.rgb):
+            luma = result @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+            result = np.repeat(luma[:, :, None], 3, axis=2)
+        return picture.replace(rgb=np.clip(result, 0.0, 1.0).astype(np.float32))
+
+    return deblur

@@ -1,0 +1,291 @@
+"""Deblur stage: DeblurGAN-v2 structure/equivalence with random weights, MAXIM-3S against TensorFlow, tiling,
+params and the HTTP service.
+
+MAXIM tests need the provisioned model (``python -m services.deblur.fetch maxim-3s-gopro``, part of CI);
+DeblurGAN-v2's official weights cannot be downloaded here, so its tests use random weights only to check
+the architecture against the official code (key names, shapes, outputs) and the pre/post-processing.
+"""
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shared.contract import ModelUnavailable, StageContext
+from shared.imaging import Picture
+from shared.model_store import ModelStore
+
+from services.deblur import models as deblur_models
+from services.deblur.models import (INCEPTION, MAXIM, MAXIM_ORACLE_FILENAME, MAXIM_ORACLE_TOLERANCE,
+                                    MODEL_FILES, MOBILENET, DeblurGANRunner, DeblurModels, MaximRunner,
+                                    build_generator, load_deblurgan)
+from services.deblur.stage import deblur_array, make_deblur
+
+DATA = Path(__file__).resolve().parent / "deblur_data"
+sys.path.insert(0, str(DATA))
+from generate_reference import CASES, reference_input, reference_weights  # noqa: E402
+
+ARCH = {MOBILENET: "fpn_mobilenet", INCEPTION: "fpn_inception"}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def motion_blur(rgb: np.ndarray, length: int = 9) -> np.ndarray:
+    import cv2
+    kernel = np.zeros((length, length), np.float32)
+    kernel[length // 2, :] = 1.0 / length
+    return cv2.filter2D(rgb, -1, kernel, borderType=cv2.BORDER_REFLECT)
+
+
+def photo_crop(shared_images: Path, size: int = 128) -> np.ndarray:
+    with Image.open(shared_images / "ost-009.png") as im:
+        rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return np.ascontiguousarray(rgb[200:200 + size, 150:150 + size])
+
+
+def random_checkpoint(name: str, path: Path, seed: int = 0, prefix: str = "module.") -> dict:
+    model = build_generator(name)
+    state = reference_weights(model.state_dict(keep_vars=True), seed=seed)
+    torch.save({"model": {prefix + k: v for k, v in state.items()}}, path)
+    return state
+
+
+# ------------------------------------------------------------------------------------------ DeblurGAN-v2
+
+@pytest.fixture(scope="module")
+def official_keys() -> dict:
+    return json.loads((DATA / "deblurgan_v2_keys.json").read_text())
+
+
+@pytest.mark.parametrize("name", [MOBILENET, INCEPTION])
+def test_state_dict_matches_official_generator(name, official_keys):
+    """Our generator's keys and shapes are exactly those the official training code saves."""
+    expected = {key.removeprefix("module."): tuple(shape) for key, shape in official_keys[ARCH[name]]}
+    assert all(key.startswith("module.") for key, _ in official_keys[ARCH[name]])
+    got = {key: tuple(value.shape) for key, value in build_generator(name).state_dict().items()}
+    assert got == expected
+    assert len(got) == {MOBILENET: 622, INCEPTION: 2384}[name]
+
+
+@pytest.mark.parametrize("name", [MOBILENET, INCEPTION])
+def test_checkpoint_round_trip_through_loader(name, tmp_path):
+    """A random {'model': state_dict} with DataParallel's prefix loads (weights_only) into every tensor."""
+    path = tmp_path / "ckpt.h5"
+    state = random_checkpoint(name, path, seed=3)
+    model = load_deblurgan(name, path)
+    loaded = model.state_dict()
+    assert set(loaded) == set(state)
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+def test_loader_rejects_a_wrong_checkpoint(tmp_path):
+    path = tmp_path / "ckpt.h5"
+    state = random_checkpoint(MOBILENET, path, prefix="")  # no prefix is fine too
+    load_deblurgan(MOBILENET, path)
+    del state["fpn.lateral4.weight"]
+    torch.save({"model": state}, path)
+    with pytest.raises(RuntimeError, match="lateral4"):
+        load_deblurgan(MOBILENET, path)
+    random_checkpoint(INCEPTION, path)
+    with pytest.raises(RuntimeError):
+        load_deblurgan(MOBILENET, path)
+
+
+@pytest.mark.parametrize("name", [MOBILENET, INCEPTION])
+def test_output_equals_official_code(name):
+    """Same random weights, same input: our generator reproduces the official code's train-mode output
+    (stored by tests/deblur_data/generate_reference.py from the official DeblurGAN-v2 code)."""
+    index = [case[0] for case in CASES].index(ARCH[name])
+    _, height, width = CASES[index]
+    model = build_generator(name)
+    model.load_state_dict(reference_weights(model.state_dict(keep_vars=True), seed=index))
+    model.eval()
+    with torch.inference_mode():
+        out = model(torch.from_numpy(reference_input(height, width, seed=100 + index))).numpy()
+    with np.load(DATA / "deblurgan_v2_reference.npz") as ref:
+        expected = ref[ARCH[name]].astype(np.float32)
+    assert out.shape == expected.shape
+    assert 0.05 < np.mean(np.abs(out) < 0.999)  # not saturated everywhere: a meaningful comparison
+    assert np.abs(out - expected).max() < 2e-3  # float16 storage
+    assert np.abs(out - expected).mean() < 2e-4
+
+
+@pytest.fixture(scope="module")
+def random_gan_store(tmp_path_factory) -> ModelStore:
+    """A model cache holding random-weight DeblurGAN-v2 checkpoints (structure tests only)."""
+    store = ModelStore(tmp_path_factory.mktemp("deblur-cache"))
+    for seed, name in enumerate((MOBILENET, INCEPTION)):
+        random_checkpoint(name, store.path_for(MODEL_FILES[name]), seed=seed)
+    return store
+
+
+@pytest.mark.parametrize("name,size", [(MOBILENET, (37, 53)), (MOBILENET, (5, 3)), (MOBILENET, (64, 96)),
+                                       (INCEPTION, (45, 61))])
+def test_deblurgan_keeps_size_and_is_deterministic(random_gan_store, name, size):
+    _, runner = DeblurModels(random_gan_store).get(name)
+    rgb = np.random.default_rng(1).random((*size, 3), dtype=np.float32)
+    first, second = runner(rgb), runner(rgb)
+    assert first.shape == rgb.shape and first.dtype == np.float32
+    assert 0.0 <= first.min() and first.max() <= 1.0
+    assert np.array_equal(first, second)
+
+
+def test_deblurgan_pre_and_post_processing(random_gan_store):
+    """[-1, 1] in, zero padding to a multiple of 32, (y + 1) / 2 out, cropped: checked against the generator
+    called by hand on the padded tensor."""
+    _, runner = DeblurModels(random_gan_store).get(MOBILENET)
+    rgb = np.random.default_rng(2).random((40, 70, 3), dtype=np.float32)
+    padded = np.zeros((64, 96, 3), np.float32)
+    padded[:40, :70] = rgb * 2 - 1
+    with torch.inference_mode():
+        y = runner.model(torch.from_numpy(padded.transpose(2, 0, 1)[None].copy()))[0].numpy()
+    expected = np.clip((y.transpose(1, 2, 0)[:40, :70] + 1) / 2, 0, 1)
+    np.testing.assert_allclose(runner(rgb), expected, atol=1e-6)
+
+
+def test_strength_blends_and_zero_is_identity(random_gan_store):
+    run = make_deblur(DeblurModels(random_gan_store))
+    rgb = np.random.default_rng(3).random((33, 47, 3), dtype=np.float32)
+    alpha = np.full((33, 47), 0.5, np.float32)
+    picture = Picture(rgb=rgb, alpha=alpha, bit_depth=16)
+    full = run(picture, {"model": MOBILENET, "strength": 1.0}, StageContext())
+    half = run(picture, {"model": MOBILENET, "strength": 0.5}, StageContext())
+    none = run(picture, {"model": MOBILENET, "strength": 0.0}, StageContext())
+    assert none.rgb is picture.rgb
+    np.testing.assert_allclose(half.rgb, (rgb + full.rgb) / 2, atol=1e-5)
+    assert half.alpha is alpha and half.bit_depth == 16
+    assert not np.allclose(full.rgb, rgb, atol=1e-3)
+
+
+def test_grayscale_stays_grayscale(random_gan_store):
+    run = make_deblur(DeblurModels(random_gan_store))
+    gray = np.random.default_rng(4).random((30, 30, 1), dtype=np.float32).repeat(3, axis=2)
+    out = run(Picture(rgb=gray), {"model": MOBILENET, "strength": 1.0}, StageContext())
+    assert np.array_equal(out.rgb[:, :, 0], out.rgb[:, :, 1]) and np.array_equal(out.rgb[:, :, 1], out.rgb[:, :, 2])
+
+
+def test_missing_weights_are_a_clear_503(tmp_path):
+    models = DeblurModels(ModelStore(tmp_path))
+    assert models.default_name() is None
+    assert not any(m["available"] for m in models.status().values())
+    with pytest.raises(ModelUnavailable) as info:
+        models.get(INCEPTION)
+    assert info.value.status == 503 and "python -m services.deblur.fetch deblurgan-v2-inception" in info.value.message
+    with pytest.raises(ModelUnavailable):
+        models.get(None)
+
+
+def test_corrupt_cache_file_is_unavailable(tmp_path):
+    store = ModelStore(tmp_path)
+    store.path_for(MODEL_FILES[MOBILENET]).write_bytes(b"<html>quota exceeded</html>")
+    with pytest.raises(ModelUnavailable, match="cannot be loaded"):
+        DeblurModels(store).get(MOBILENET)
+
+
+def test_offline_fetch_skips_google_drive(tmp_path, capsys):
+    from services.deblur.fetch import main
+    assert main([MOBILENET, INCEPTION, "--offline", "--cache-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "missing  deblurgan-v2-mobilenet" in out and "no source can provide it here" in out
+    assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------ MAXIM-3S
+
+@pytest.fixture(scope="module")
+def maxim() -> MaximRunner:
+    store = ModelStore()
+    if not store.is_available(MODEL_FILES[MAXIM]):
+        pytest.fail(f"MAXIM-3S is not provisioned in {store.cache_dir}; run: {MODEL_FILES[MAXIM].fetch_command}")
+    _, runner = DeblurModels(store).get(MAXIM)
+    return runner
+
+
+def test_maxim_onnx_matches_tensorflow(maxim):
+    """ONNX Runtime on the converted model vs TensorFlow running the original TF.js graph (the oracle was
+    computed by TensorFlow in the conversion venv during provisioning, on crops of the npm fixture)."""
+    oracle_path = ModelStore().cache_dir / MAXIM_ORACLE_FILENAME
+    assert oracle_path.is_file(), f"oracle missing: re-run {MODEL_FILES[MAXIM].fetch_command}"
+    with np.load(oracle_path) as oracle:
+        assert len(oracle.files) >= 4
+        for index in range(len(oracle.files) // 2):
+            batch, expected = oracle[f"input{index}"], oracle[f"output{index}"]
+            assert batch.shape[1] % 64 == 0 and batch.shape[2] % 64 == 0
+            got = maxim.session.run(None, {maxim.input_name: batch})[0]
+            assert got.shape == expected.shape
+            assert np.abs(got - expected).max() <= MAXIM_ORACLE_TOLERANCE
+            assert np.abs(expected - batch).mean() > 1e-3  # the network really changed the image
+
+
+def test_maxim_odd_size_and_deterministic(maxim):
+    rgb = np.random.default_rng(5).random((50, 70, 3), dtype=np.float32)
+    first, second = maxim(rgb), maxim(rgb)
+    assert first.shape == rgb.shape and np.array_equal(first, second)
+
+
+@pytest.fixture(scope="module")
+def blurred_pair(shared_images):
+    sharp = photo_crop(shared_images, 128)
+    return sharp, motion_blur(sharp, 9)
+
+
+def test_maxim_deblurs_and_tiling_is_seamless(maxim, blurred_pair):
+    sharp, blurred = blurred_pair
+    untiled = deblur_array(blurred, maxim, tile=1024, overlap=32, context=32)
+    tiled = deblur_array(blurred, maxim, tile=64, overlap=16, context=32)
+    p_blur, p_untiled, p_tiled = psnr(blurred, sharp), psnr(untiled, sharp), psnr(tiled, sharp)
+    assert p_untiled > p_blur + 1.0, (p_blur, p_untiled)
+    assert abs(p_tiled - p_untiled) < 0.1, (p_tiled, p_untiled)
+
+
+# ------------------------------------------------------------------------------------------ HTTP
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray((rgb * 255).round().astype(np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_http_info_and_errors(stack):
+    url = stack.url("deblur")
+    info = httpx.get(url + "/info").json()
+    params = {p["name"]: p for p in info["params"]}
+    assert params["model"]["choices"] == [MOBILENET, INCEPTION, MAXIM]
+    assert params["strength"]["default"] == 1.0
+    assert set(info["models"]) == {MOBILENET, INCEPTION, MAXIM}
+    image = png_bytes(np.full((20, 20, 3), 0.5, np.float32))
+    bad = httpx.post(url + "/process", files={"image": ("a.png", image)}, data={"params": '{"strength": 2}'})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "strength"
+    bad = httpx.post(url + "/process", files={"image": ("a.png", image)}, data={"params": '{"model": "x"}'})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "model"
+    missing = [name for name, m in info["models"].items() if not m["available"]]
+    if missing:
+        reply = httpx.post(url + "/process", files={"image": ("a.png", image)},
+                           data={"params": json.dumps({"model": missing[0]})}, timeout=60)
+        assert reply.status_code == 503
+        assert reply.json()["error"]["fetch_command"] == f"python -m services.deblur.fetch {missing[0]}"
+
+
+def test_http_maxim_process(stack, maxim, blurred_pair):
+    _, blurred = blurred_pair
+    crop = blurred[:48, :40]
+    url = stack.url("deblur")
+    assert httpx.get(url + "/info").json()["models"][MAXIM]["available"]
+    reply = httpx.post(url + "/process", files={"image": ("b.png", png_bytes(crop))},
+                       data={"params": json.dumps({"model": MAXIM})}, timeout=300)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["X-Deblur-Model"] == MAXIM and reply.headers["X-Image-Size"] == "40x48"
+    out = np.asarray(Image.open(io.BytesIO(reply.content)).convert("RGB"), dtype=np.float32) / 255
+    local = maxim(np.asarray(Image.open(io.BytesIO(png_bytes(crop))), dtype=np.float32) / 255)
+    assert np.abs(out - local).max() <= 1 / 255 + 1e-6
