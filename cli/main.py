@@ -59,7 +59,7 @@ def collect(inputs: list[Path], output: Path, recursive: bool) -> list[Item]:
             for source in sorted(path.glob(pattern)):
                 if not source.is_file() or source.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
-                if output == source or output in source.parents:   # never re-read our own results
+                if output != path and output in source.parents:   # never re-read our own results
                     continue
                 pairs.append((source, source.relative_to(path)))
         else:
