@@ -26,7 +26,7 @@ def _step(spec: dict) -> float:
     low, high = _bounds(spec)
     if low is not None and high is not None and high > low:
         span = high - low
-        return 10 ** math.floor(math.log10(span / 100)) if span / 100 > 0 else 0.01
+        return float(10.0 ** math.floor(math.log10(span / 100)))
     return 0.1
 
 
@@ -55,7 +55,7 @@ def param_widget(spec: dict, key: str, container=st) -> Any:
         cast = int if is_int else float
         start = default if default is not None else (low if low is not None else 0)
         kwargs: dict[str, Any] = dict(value=cast(start), key=key, help=help_text,
-                                      step=1 if is_int else _step(spec))
+                                      step=1 if is_int else float(_step(spec)))
         if low is not None:
             kwargs["min_value"] = cast(low)
         if high is not None:
