@@ -107,7 +107,7 @@ class Engine:
         batch = chw[None, :3]
         if channels == 4:
             batch = torch.cat([batch, chw[None, 3:4].expand(1, 3, -1, -1)], 0)
-        out = self.forward(batch).clamp_(0, 1)
+        out = self.forward(batch).clamp(0, 1)
         out = out[:, :, :height * self.scale, :width * self.scale]
         result = out[0].permute(1, 2, 0)
         if channels == 4:
