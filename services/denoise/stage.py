@@ -19,6 +19,8 @@ Large images are processed in tiles (shared.tiling) with the sigma estimated onc
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -40,6 +42,8 @@ BLOCK = 8
 HARD_THRESHOLD = 2.5     # pilot pass keeps DCT coefficients above this many sigma (2.5-2.7 is the optimum)
 MIN_SIGMA = 0.5          # below this (8-bit levels) a plane is treated as clean and left as it is
 PLANE_STEPS = (1, 2, 2)   # block grid spacing for Y, U, V: chroma is smooth, a coarser grid loses nothing
+# worker threads per plane (env DENOISE_THREADS; default: the CPU cores, at most 4)
+THREADS = int(os.environ.get("DENOISE_THREADS", min(4, os.cpu_count() or 1)))
 TILE = 512               # tile side for large images (bounded memory); the filter reaches 7 px
 TILE_OVERLAP = 16
 TILE_CONTEXT = 16
@@ -205,23 +209,41 @@ def _block_idct(coeffs: np.ndarray, rows: int, cols: int) -> np.ndarray:
         BLOCK * rows, BLOCK * cols)
 
 
-def _dct_pass(sources: list[np.ndarray], estimate, pad: int, shape: tuple[int, int], step: int) -> np.ndarray:
-    """Aggregate the blockwise estimates of all 64 block grid offsets; ``estimate(coeffs) -> (kept,
-    weight)`` works on ``_block_dct`` layout and returns one weight per block, shape (cols, rows)."""
+def _accumulate(sources: list[np.ndarray], estimate, offsets: list[tuple[int, int]]):
     padded_h, padded_w = sources[0].shape
     acc = np.zeros((padded_h, padded_w), np.float32)
     weights = np.zeros((padded_h, padded_w), np.float32)
-    for dy in range(0, BLOCK, step):
-        for dx in range(0, BLOCK, step):
-            rows, cols = (padded_h - dy) // BLOCK, (padded_w - dx) // BLOCK
-            window = np.s_[dy:dy + rows * BLOCK, dx:dx + cols * BLOCK]
-            coeffs = [_block_dct(np.ascontiguousarray(s[window]), rows, cols) for s in sources]
-            kept, weight = estimate(coeffs)
-            recon = _block_idct(kept, rows, cols).reshape(rows, BLOCK, cols, BLOCK)
-            per_pixel = weight.T[:, None, :, None]
-            recon *= per_pixel
-            acc[window].reshape(rows, BLOCK, cols, BLOCK).__iadd__(recon)
-            weights[window].reshape(rows, BLOCK, cols, BLOCK).__iadd__(np.broadcast_to(per_pixel, recon.shape))
+    for dy, dx in offsets:
+        rows, cols = (padded_h - dy) // BLOCK, (padded_w - dx) // BLOCK
+        window = np.s_[dy:dy + rows * BLOCK, dx:dx + cols * BLOCK]
+        coeffs = [_block_dct(np.ascontiguousarray(s[window]), rows, cols) for s in sources]
+        kept, weight = estimate(coeffs)
+        recon = _block_idct(kept, rows, cols).reshape(rows, BLOCK, cols, BLOCK)
+        per_pixel = weight.T[:, None, :, None]
+        recon *= per_pixel
+        acc[window].reshape(rows, BLOCK, cols, BLOCK).__iadd__(recon)
+        weights[window].reshape(rows, BLOCK, cols, BLOCK).__iadd__(np.broadcast_to(per_pixel, recon.shape))
+    return acc, weights
+
+
+def _dct_pass(sources: list[np.ndarray], estimate, pad: int, shape: tuple[int, int], step: int) -> np.ndarray:
+    """Aggregate the blockwise estimates of all block grid offsets; ``estimate(coeffs) -> (kept, weight)``
+    works on ``_block_dct`` layout and returns one weight per block, shape (cols, rows).
+
+    The offsets are shared among ``THREADS`` threads (numpy and BLAS release the GIL), each with its own
+    accumulators, summed at the end: nothing is shared between calls or requests.
+    """
+    offsets = [(dy, dx) for dy in range(0, BLOCK, step) for dx in range(0, BLOCK, step)]
+    workers = max(1, min(THREADS, len(offsets)))
+    if workers == 1:
+        acc, weights = _accumulate(sources, estimate, offsets)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(lambda i: _accumulate(sources, estimate, offsets[i::workers]), range(workers)))
+        acc, weights = parts[0]
+        for more_acc, more_weights in parts[1:]:
+            acc += more_acc
+            weights += more_weights
     height, width = shape
     return acc[pad:pad + height, pad:pad + width] / weights[pad:pad + height, pad:pad + width]
 
