@@ -212,18 +212,18 @@ def _block_idct(coeffs: np.ndarray, rows: int, cols: int) -> np.ndarray:
 def _accumulate(sources: list[np.ndarray], estimate, offsets: list[tuple[int, int]]):
     padded_h, padded_w = sources[0].shape
     acc = np.zeros((padded_h, padded_w), np.float32)
-    weights = np.zeros((padded_h, padded_w), np.float32)
+    # weight of the block whose top-left corner is at (y, x); every block has its own corner
+    corner_weights = np.zeros((padded_h, padded_w), np.float32)
     for dy, dx in offsets:
         rows, cols = (padded_h - dy) // BLOCK, (padded_w - dx) // BLOCK
         window = np.s_[dy:dy + rows * BLOCK, dx:dx + cols * BLOCK]
         coeffs = [_block_dct(np.ascontiguousarray(s[window]), rows, cols) for s in sources]
         kept, weight = estimate(coeffs)
         recon = _block_idct(kept, rows, cols).reshape(rows, BLOCK, cols, BLOCK)
-        per_pixel = weight.T[:, None, :, None]
-        recon *= per_pixel
+        recon *= weight.T[:, None, :, None]
         acc[window].reshape(rows, BLOCK, cols, BLOCK).__iadd__(recon)
-        weights[window].reshape(rows, BLOCK, cols, BLOCK).__iadd__(np.broadcast_to(per_pixel, recon.shape))
-    return acc, weights
+        corner_weights[dy:dy + rows * BLOCK:BLOCK, dx:dx + cols * BLOCK:BLOCK] = weight.T
+    return acc, corner_weights
 
 
 def _dct_pass(sources: list[np.ndarray], estimate, pad: int, shape: tuple[int, int], step: int) -> np.ndarray:
@@ -244,6 +244,9 @@ def _dct_pass(sources: list[np.ndarray], estimate, pad: int, shape: tuple[int, i
         for more_acc, more_weights in parts[1:]:
             acc += more_acc
             weights += more_weights
+    # a pixel's total weight sums the blocks whose corner lies up to 7 px above and left of it
+    weights = cv2.boxFilter(weights, -1, (BLOCK, BLOCK), anchor=(BLOCK - 1, BLOCK - 1), normalize=False,
+                            borderType=cv2.BORDER_CONSTANT)
     height, width = shape
     return acc[pad:pad + height, pad:pad + width] / weights[pad:pad + height, pad:pad + width]
 
