@@ -48,6 +48,13 @@ def test_sigma_15_noise_gains_at_least_3_db_with_default_params(name, astronaut,
     assert abs(float(ctx.response_headers["X-Noise-Sigma"]) - 15) < 2.5
 
 
+def test_high_quality_mode_is_at_least_as_good(astronaut):
+    dirty = noisy(astronaut, 15, seed=11)
+    standard, _ = run(to_pic(dirty))
+    high, _ = run(to_pic(dirty), quality="high")
+    assert psnr(to8(high), astronaut) >= psnr(to8(standard), astronaut) - 0.02
+
+
 def test_light_noise_still_gains(astronaut):
     dirty = noisy(astronaut, 5, seed=2)
     out, _ = run(to_pic(dirty))
@@ -136,7 +143,7 @@ def test_large_image_is_tiled_seamlessly(monkeypatch):
 
 
 @pytest.mark.parametrize("params", [{"strength": 5}, {"strength": -1}, {"sigma": "x"}, {"chroma_strength": 9},
-                                    {"search_window": 21}])
+                                    {"search_window": 21}, {"quality": "max"}])
 def test_invalid_params_rejected(params):
     with pytest.raises(InvalidParams) as info:
         validate_params(PARAMS, params)
