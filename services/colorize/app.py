@@ -1,14 +1,16 @@
-"""colorize service (model implementation pending: answers 503 until its weights and model code exist)."""
-from shared.contract import ModelUnavailable
+"""Colorize service: Zhang et al. ECCV16 (default) / SIGGRAPH17, full-resolution output (L kept)."""
 from shared.service import Stage, create_stage_app, run_service
 
+from .models import ColorizeModels
+from .stage import PARAMS, make_colorize
 
-def _unavailable(picture, params, ctx):
-    raise ModelUnavailable("colorize", "python -m services.colorize.fetch", reason="model code is not installed yet")
-
-
-STAGE = Stage(name="colorize", description="colorize (not yet implemented)", params=(), run=_unavailable,
-              models=lambda: {}, needs_model=True)
+MODELS = ColorizeModels()
+STAGE = Stage(name="colorize",
+              description="Colorize black-and-white photos (Zhang et al. ECCV16 / SIGGRAPH17); the network "
+                          "predicts colour at its render size, the full-resolution lightness is kept; auto "
+                          "mode leaves real colour photos untouched",
+              params=PARAMS, run=make_colorize(MODELS), models=MODELS.status, needs_model=True,
+              extra_info=lambda: {"decision_header": "X-Colorize-Decision"})
 app = create_stage_app(STAGE)
 
 if __name__ == "__main__":

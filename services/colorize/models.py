@@ -1,0 +1,139 @@
+"""Colorize model files, where they come from, and how they are loaded (no image handling here).
+
+* ``eccv16`` (default): ``colorization_release_v2-9b330a0b.pth``, "Colorful Image Colorization" (ECCV 2016)
+* ``siggraph17``: ``siggraph17-df00044c.pth``, "Real-Time User-Guided Image Colorization" (SIGGRAPH 2017)
+
+Both are the authors' PyTorch releases (BSD-2-Clause, richzhang/colorization), downloaded from the
+authors' bucket; the 8 hex digits in each name are the start of the file's SHA-256 (torch.hub
+convention) and are checked before the file enters the model cache. No registry package carries them, so
+without internet access they are unavailable and the stage answers 503 naming the fetch command.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shared.contract import ModelUnavailable
+from shared.model_store import ModelFile, ModelStore
+
+STAGE = "colorize"
+FETCH = "python -m services.colorize.fetch"
+ECCV16, SIGGRAPH17 = "eccv16", "siggraph17"
+DEFAULT_MODEL = ECCV16
+BASE_URL = "https://colorizers.s3.us-east-2.amazonaws.com/"
+
+MODEL_FILES: dict[str, ModelFile] = {
+    ECCV16: ModelFile(
+        name=ECCV16, filename="colorization_release_v2-9b330a0b.pth", fetch_command=f"{FETCH} {ECCV16}",
+        url=BASE_URL + "colorization_release_v2-9b330a0b.pth", sha256="9b330a0b",
+        license="BSD-2-Clause (richzhang/colorization)",
+        description="Zhang et al., Colorful Image Colorization (ECCV 2016), 32.2 M params"),
+    SIGGRAPH17: ModelFile(
+        name=SIGGRAPH17, filename="siggraph17-df00044c.pth", fetch_command=f"{FETCH} {SIGGRAPH17}",
+        url=BASE_URL + "siggraph17-df00044c.pth", sha256="df00044c",
+        license="BSD-2-Clause (richzhang/colorization)",
+        description="Zhang et al., Real-Time User-Guided Image Colorization (SIGGRAPH 2017), automatic "
+                    "mode, 34.2 M params"),
+}
+
+
+def select_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_network(name: str):
+    if name == ECCV16:
+        from .arch.eccv16 import ECCV16 as Net
+    elif name == SIGGRAPH17:
+        from .arch.siggraph17 import SIGGRAPH17 as Net
+    else:
+        raise KeyError(name)
+    return Net()
+
+
+def load_network(name: str, path: Path):
+    """The network with the checkpoint's weights (``weights_only=True``; every key and shape must match)."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path.name} holds no state dict of tensors")
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    net = build_network(name)
+    expected = net.state_dict()
+    for key in expected:  # checkpoints saved before torch 0.4.1 have no BatchNorm batch counters
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = expected[key]
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    for parameter in net.parameters():
+        parameter.requires_grad_(False)
+    return net
+
+
+@dataclass
+class NetworkRunner:
+    """A shared, read-only network: L (h x w float32, [0, 100]) -> ab (2 x h' x w' float32)."""
+
+    net: object
+    device: str
+
+    def __call__(self, lightness: np.ndarray) -> np.ndarray:
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(lightness, dtype=np.float32))[None, None]
+        with torch.inference_mode():
+            tensor = tensor.to(self.device)
+            if self.device == "cuda":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    out = self.net(tensor)
+            else:
+                out = self.net(tensor)
+        return out[0].float().cpu().numpy()
+
+
+class ColorizeModels:
+    """Loads each model once, on first use, and shares it read-only between requests."""
+
+    def __init__(self, store: ModelStore | None = None):
+        self.store = store or ModelStore()
+        self._loaded: dict[str, NetworkRunner] = {}
+        self._lock = threading.Lock()
+
+    def available(self, name: str) -> bool:
+        return self.store.is_available(MODEL_FILES[name])
+
+    def status(self) -> dict[str, dict]:
+        return {name: {"available": self.available(name), "default": name == DEFAULT_MODEL,
+                       "license": spec.license, "description": spec.description,
+                       "fetch_command": spec.fetch_command, "file": spec.filename}
+                for name, spec in MODEL_FILES.items()}
+
+    def get(self, name: str | None = None) -> NetworkRunner:
+        name = name or DEFAULT_MODEL
+        path = self.store.require(MODEL_FILES[name], stage=STAGE)
+        with self._lock:
+            if name not in self._loaded:
+                self._loaded[name] = self._load(name, path)
+            return self._loaded[name]
+
+    @staticmethod
+    def _load(name: str, path: Path) -> NetworkRunner:
+        try:
+            net = load_network(name, path)
+        except Exception as exc:  # a corrupt or foreign cache file is "unavailable", not a 500
+            raise ModelUnavailable(name, MODEL_FILES[name].fetch_command, stage=STAGE,
+                                   reason=f"the cached file {path} cannot be loaded ({exc})") from None
+        device = select_device()
+        threads = os.environ.get("COLORIZE_THREADS")
+        if threads:
+            import torch
+            torch.set_num_threads(int(threads))
+        return NetworkRunner(net.to(device), device)
