@@ -10,7 +10,10 @@ scikit-image's astronaut resized to the size):
   ``finish`` (ab upsampled to full size, joined with the full-size L, Lab -> sRGB with gamut mapping);
 * reference (PyPI rz-colorization 1.0.5): ``preprocess_img`` + network + ``postprocess_tens``
   (scikit-image float64 Lab at full size, torch bilinear upsampling);
-* the full-size part ratio (ours / reference) and the PSNR of our output against the reference's.
+* the full-size part ratio (ours / reference) and the PSNR of our output against the reference's
+  (``gamut=clip`` is the reference's behaviour; the default keep-lightness differs where colours are out
+  of gamut, which random weights produce often);
+* the opt-in bfloat16 network (COLORIZE_CPU_BF16=1): its time and its output's PSNR from float32.
 Each part is the best of ``--repeats`` runs (the network: best of 2), in this process, same machine.
 """
 from __future__ import annotations
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         ours_net = build_network(name)
         ours_net.load_state_dict(state)
         runner = NetworkRunner(ours_net.eval(), "cpu")
+        bf16_runner = NetworkRunner(runner.net, "cpu", bf16=True)
         ref_net = (reference.eccv16 if name == ECCV16 else reference.siggraph17)(pretrained=False)
         ref_net.load_state_dict(state)
         ref_net.eval()
@@ -98,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                 parts.append(timing)
             ours = {k: min(p[k] for p in parts) for k in parts[0]}
             outputs["clip"] = colorize_array(rgb, runner, 256, keep_lightness=False)
+            colorize_array(rgb, bf16_runner, 256)  # warm-up: bf16 kernels are prepared on first use
+            bf16_parts: dict[str, float] = {}
+            bf16_out = colorize_array(rgb, bf16_runner, 256, timings=bf16_parts)
+            bf16 = (bf16_parts["network"], psnr(bf16_out, outputs["keep"]))
             # reference
             t_pre, (tens_orig, tens_rs) = best(lambda: reference.preprocess_img(rgb8, HW=(256, 256)), args.repeats)
             with torch.inference_mode():
@@ -106,14 +114,15 @@ def main(argv: list[str] | None = None) -> int:
             ours_full = ours["prepare"] + ours["finish"]
             ref_full = t_pre + t_post
             rows.append((name, f"{rgb.shape[1]}x{rgb.shape[0]}", ours, ours_full, t_pre, t_net, t_post, ref_full,
-                         psnr(outputs["clip"], expected), psnr(outputs["keep"], expected)))
+                         psnr(outputs["clip"], expected), psnr(outputs["keep"], expected), bf16))
             r = rows[-1]
             print(f"{name:10s} {r[1]:>9s}: ours {ours_full + ours['network']:6.2f} s (prepare {ours['prepare']:.3f}, "
                   f"network {ours['network']:.2f}, finish {ours['finish']:.3f}); reference "
                   f"{ref_full + t_net:6.2f} s (preprocess {t_pre:.3f}, network {t_net:.2f}, postprocess "
                   f"{t_post:.3f}); full-size part {ours_full * 1000:.0f} ms vs {ref_full * 1000:.0f} ms = "
                   f"{ours_full / ref_full:.3f}x; PSNR vs reference: gamut=clip {r[8]:.1f} dB, "
-                  f"keep-lightness {r[9]:.1f} dB", flush=True)
+                  f"keep-lightness {r[9]:.1f} dB; opt-in bf16 network {bf16[0]:.2f} s, {bf16[1]:.1f} dB from fp32",
+                  flush=True)
     print("\n| model | size | ours total s | network s | full-size part ms (prepare + finish) | reference total s "
           "| reference full-size ms | full-size ratio | PSNR clip / keep-lightness vs reference dB |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -121,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {size} | {ours_full + ours['network']:.2f} | {ours['network']:.2f} | "
               f"{ours_full * 1000:.0f} ({ours['prepare'] * 1000:.0f} + {ours['finish'] * 1000:.0f}) | "
               f"{ref_full + t_net:.2f} | {ref_full * 1000:.0f} | {ours_full / ref_full:.3f} | "
-              f"{p_clip:.1f} / {p_keep:.1f} |")
+              f"{p_clip:.1f} / {p_keep:.1f} | {bf16[0]:.2f} ({bf16[1]:.1f}) |")
     return 0
 
 

@@ -78,12 +78,26 @@ def load_network(name: str, path: Path):
     return net
 
 
+BF16_ENV = "COLORIZE_CPU_BF16"
+
+
 @dataclass
 class NetworkRunner:
-    """A shared, read-only network: L (h x w float32, [0, 100]) -> ab (2 x h' x w' float32)."""
+    """A shared, read-only network: L (h x w float32, [0, 100]) -> ab (2 x h' x w' float32).
+
+    CPU: float32 in channels-last layout (same results, 1.1-1.3x faster here); bfloat16 autocast only when
+    ``bf16`` (env COLORIZE_CPU_BF16=1: about 3x faster, but unchecked against fp32 with the real weights).
+    CUDA: float16 autocast.
+    """
 
     net: object
     device: str
+    bf16: bool = False
+
+    def __post_init__(self):
+        import torch
+        if self.device == "cpu":
+            self.net = self.net.to(memory_format=torch.channels_last)
 
     def __call__(self, lightness: np.ndarray) -> np.ndarray:
         import torch
@@ -95,8 +109,10 @@ class NetworkRunner:
                 with torch.autocast("cuda", dtype=torch.float16):
                     out = self.net(tensor)
             else:
-                out = self.net(tensor)
-        return out[0].float().cpu().numpy()
+                tensor = tensor.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                    out = self.net(tensor)
+        return np.ascontiguousarray(out[0].float().cpu().numpy())
 
 
 class ColorizeModels:
@@ -136,4 +152,4 @@ class ColorizeModels:
         if threads:
             import torch
             torch.set_num_threads(int(threads))
-        return NetworkRunner(net.to(device), device)
+        return NetworkRunner(net.to(device), device, bf16=os.environ.get(BF16_ENV) == "1")
