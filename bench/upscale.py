@@ -109,9 +109,7 @@ def timed(fn, runs: int) -> tuple[float, object]:
 def compare_with_reference(name: str, arch: str, size: int, runs: int, workdir: Path) -> dict:
     from services.upscale.engine import Engine
     from services.upscale.models import MODELS, build_model
-    from services.upscale.stage import DEFAULT_TILE, TILE_CONTEXT, TILE_OVERLAP
     from shared.model_store import ModelStore
-    from shared.tiling import process_tiled
 
     photo = load_photo()
     y0, x0 = (photo.shape[0] - size) // 2, (photo.shape[1] - size) // 2
@@ -121,34 +119,28 @@ def compare_with_reference(name: str, arch: str, size: int, runs: int, workdir: 
     weights = ModelStore().path_for(MODELS[name].file)
     engine = Engine(build_model(MODELS[name]), MODELS[name].scale)
     eager = Engine(build_model(MODELS[name]), MODELS[name].scale, precision="fp32")
-    tile = size // 2  # the crop is one default tile or less: show the tiler's cost and seams on 2x2 tiles
-    ours_tiled = lambda: process_tiled(crop, engine.run_image, scale=4, tile=tile,  # noqa: E731
-                                       overlap=TILE_OVERLAP, context=TILE_CONTEXT)
     engine.run_image(crop)  # warm-up (oneDNN primitive creation)
     eager.run_image(crop)
     ref = Reference(arch, weights, np.ascontiguousarray(crop8[:, :, ::-1]), workdir)
-    t_ref, t_ours, t_tiled, t_eager = [], [], [], []
+    t_ref, t_ours, t_eager = [], [], []
     try:
         ref.run()  # warm-up
         for _ in range(runs):
             t_ref.append(ref.run())
             t_ours.append(timed(lambda: engine.run_image(crop), 1)[0])
-            t_tiled.append(timed(ours_tiled, 1)[0])
             t_eager.append(timed(lambda: eager.run_image(crop), 1)[0])
         ref_out = ref.output()[:, :, ::-1]
     finally:
         ref.close()
-    out_ours, out_tiled, out_eager = engine.run_image(crop), ours_tiled(), eager.run_image(crop)
+    out_ours, out_eager = engine.run_image(crop), eager.run_image(crop)
     med = statistics.median
     row = {"model": name, "input": f"{size}x{size}", "ref_torch": ref.info.get("torch"),
            "ref_s (min/med)": f"{min(t_ref):.2f}/{med(t_ref):.2f}",
            "eager_fp32_s": f"{min(t_eager):.2f}/{med(t_eager):.2f}",
            "ours_s": f"{min(t_ours):.2f}/{med(t_ours):.2f}", "precision": engine.precision,
-           f"ours_tiled_s": f"{min(t_tiled):.2f}/{med(t_tiled):.2f}", "tile": tile,
            "speedup (min/med)": f"{min(t_ref) / min(t_ours):.2f}/{med(t_ref) / med(t_ours):.2f}",
-           "speedup_tiled": f"{min(t_ref) / min(t_tiled):.2f}/{med(t_ref) / med(t_tiled):.2f}",
-           "psnr_ours_vs_ref": psnr8(to8(out_ours), ref_out), "psnr_tiled_vs_ref": psnr8(to8(out_tiled), ref_out),
-           "psnr_eager_vs_ref": psnr8(to8(out_eager), ref_out), "psnr_tiled_vs_untiled": psnr8(to8(out_tiled), to8(out_ours))}
+           "speedup_vs_own_eager": f"{min(t_eager) / min(t_ours):.2f}/{med(t_eager) / med(t_ours):.2f}",
+           "psnr_ours_vs_ref": psnr8(to8(out_ours), ref_out), "psnr_eager_vs_ref": psnr8(to8(out_eager), ref_out)}
     return row
 
 
@@ -191,6 +183,28 @@ def enhance_quality(name: str, size: int) -> list[dict]:
     return rows
 
 
+def tiling(name: str, gt_size: int, tiles: list[int]) -> list[dict]:
+    """Tiled vs untiled on a photo: the input is the area-reduced photo crop, the crop is the ground truth."""
+    import cv2
+    from services.upscale.stage import upscale, PARAMS
+    from shared.contract import StageContext, validate_params
+    from shared.imaging import Picture
+    photo = load_photo()
+    gt = np.ascontiguousarray(photo[:gt_size, :gt_size])
+    small = cv2.resize(gt, (gt_size // 4, gt_size // 4), interpolation=cv2.INTER_AREA)
+    run = lambda tile: upscale(Picture(rgb=small), validate_params(PARAMS, {"model": name, "scale": 4, "tile": tile}),  # noqa: E731
+                               StageContext()).rgb
+    untiled = run(gt_size)
+    ref_psnr = psnr8(to8(untiled), to8(gt))
+    rows = []
+    for tile in tiles:
+        t, out = timed(lambda: run(tile), 1)
+        rows.append({"model": name, "input": f"{gt_size // 4}x{gt_size // 4}", "tile": tile,
+                     "psnr_untiled_vs_photo": ref_psnr, "psnr_tiled_vs_photo": psnr8(to8(out), to8(gt)),
+                     "delta_dB": psnr8(to8(out), to8(gt)) - ref_psnr, "psnr_tiled_vs_untiled": psnr8(to8(out), to8(untiled))})
+    return rows
+
+
 RSS_WORKER = r"""
 import resource, sys, numpy as np
 from shared.contract import StageContext, validate_params
@@ -227,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller crops, fewer runs")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["reference", "modes", "enhance", "rss"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["reference", "tiling", "modes", "enhance", "rss"])
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import torch
@@ -242,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
                         compare_with_reference("realesr-animevideov3", "srvgg", 128 if args.quick else 256, runs,
                                                Path(tmp))]
             print("\n## Reference RealESRGANer (eager fp32, untiled) vs this service\n" + table(rows))
+    if "tiling" not in args.skip:
+        rows = tiling("RealESRGAN_x4plus", 384, [48]) + tiling("realesr-animevideov3", 448, [32, 64])
+        print("\n## Tiled vs untiled (context 16, overlap 8)\n" + table(rows))
     if "modes" not in args.skip:
         rows = mode_times("RealESRGAN_x4plus", 64 if args.quick else 96) + \
             mode_times("realesr-animevideov3", 128 if args.quick else 256)

@@ -21,6 +21,8 @@ from torch import nn
 from .arch import RRDBNet
 
 PRECISIONS = ("auto", "fp32", "bf16", "mixed", "fp16")
+UPSAMPLE_HALO = 2            # feature rows of context for the strip-wise RRDBNet upsampling tail
+UPSAMPLE_STRIP_PIXELS = 8192  # feature pixels per strip (x16 at the output resolution, 64 channels)
 
 
 @lru_cache(maxsize=1)
@@ -61,6 +63,7 @@ class Engine:
         self.device = device or select_device()
         self.precision = select_precision(net, self.device, precision)
         self.scale = scale
+        self.upsample_strip_pixels = UPSAMPLE_STRIP_PIXELS
         self.multiple = getattr(net, "input_multiple", 1)
         self.channels_last = self.device.type == "cpu" and self.precision in ("bf16", "mixed")
         net = net.to(self.device)
@@ -80,17 +83,37 @@ class Engine:
             x = x.contiguous(memory_format=torch.channels_last)
         net = self.net
         with self._lock, torch.inference_mode():
-            if self.precision == "mixed" and isinstance(net, RRDBNet):
+            if isinstance(net, RRDBNet):
                 feat = net.head(x)
-                with torch.autocast("cpu", dtype=torch.bfloat16):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "mixed"):
                     trunk = net.trunk(feat)
-                out = net.upsample(feat + trunk.float())
+                out = self._upsample_in_strips(net, feat + trunk.to(feat.dtype))
             elif self.precision == "bf16":
                 with torch.autocast(self.device.type, dtype=torch.bfloat16):
                     out = net(x)
             else:
                 out = net(x)
         return out.float().cpu().contiguous()
+
+    def _upsample_in_strips(self, net: RRDBNet, feat: torch.Tensor) -> torch.Tensor:
+        """``net.upsample`` (x4 nearest + four 3x3 convs at 2x/4x resolution) over horizontal strips.
+
+        Its receptive field is under 2 feature rows, so strips with a halo of UPSAMPLE_HALO rows give the
+        same result as one call, while the 4x-resolution activations (the largest tensors of the network)
+        stay at strip size: this is what lets RRDBNet tiles be large with bounded memory.
+        """
+        rows = feat.shape[2]
+        step = max(8, self.upsample_strip_pixels // max(1, feat.shape[3]))
+        if rows <= step:
+            return net.upsample(feat)
+        halo, factor = UPSAMPLE_HALO, 4
+        parts = []
+        for y0 in range(0, rows, step):
+            y1 = min(rows, y0 + step)
+            a0, a1 = max(0, y0 - halo), min(rows, y1 + halo)
+            part = net.upsample(feat[:, :, a0:a1])
+            parts.append(part[:, :, (y0 - a0) * factor:(y1 - a0) * factor])
+        return torch.cat(parts, 2)
 
     def run_image(self, image: np.ndarray) -> np.ndarray:
         """H x W x C float32 (C = 3, or 4 with alpha) -> sH x sW x C float32, clipped to [0, 1].

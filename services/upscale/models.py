@@ -154,6 +154,8 @@ def _file(name: str, release: str, sha256: str | None, description: str, *, ncnn
                      license="BSD-3-Clause (Real-ESRGAN)", description=description)
 
 
+# No published SHA-256 for the -wdn- twin could be found to pin; it is still loaded with weights_only=True and
+# strict key/shape checks. Pin the digest here once it is known.
 _WDN = _file("realesr-general-wdn-x4v3", "v0.2.5.0", None,
              "twin of realesr-general-x4v3 trained without denoising (blended by denoise_strength)")
 

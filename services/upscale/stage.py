@@ -32,7 +32,7 @@ from .models import MODELS, STAGE, build_model, default_model, fetch_command
 MAX_OUTPUT_ENV = "UPSCALE_MAX_OUTPUT_PIXELS"
 DEFAULT_MAX_OUTPUT = 32_000_000
 # input tile sizes (pixels) keeping peak memory bounded; overlap/context in input pixels
-DEFAULT_TILE = {"RRDBNet": 128, "SRVGGNetCompact": 256}
+DEFAULT_TILE = {"RRDBNet": 256, "SRVGGNetCompact": 512}
 TILE_CONTEXT = 16
 TILE_OVERLAP = 8
 
@@ -47,7 +47,7 @@ PARAMS = (
           "pass (1 = full-size pass, slowest; 2 = 4x fewer pixels)", minimum=1.0, maximum=4.0),
     Param("denoise_strength", "float", 0.5, "realesr-general-x4v3 only: 0 keeps noise (its -wdn- twin), "
           "1 = full denoising; blends the two networks' weights as Real-ESRGAN does", minimum=0.0, maximum=1.0),
-    Param("tile", "int", None, "tile size in input pixels (null = model default: 128 for RRDBNet, 256 compact)",
+    Param("tile", "int", None, "tile size in input pixels (null = model default: 256 for RRDBNet, 512 compact)",
           minimum=32, maximum=2048, nullable=True),
 )
 
