@@ -22,7 +22,6 @@ from shared.contract import ModelUnavailable, StageContext
 from shared.imaging import Picture
 from shared.model_store import ModelStore
 
-from services.deblur import models as deblur_models
 from services.deblur.models import (INCEPTION, MAXIM, MAXIM_ORACLE_FILENAME, MAXIM_ORACLE_TOLERANCE,
                                     MODEL_FILES, MOBILENET, DeblurGANRunner, DeblurModels, MaximRunner,
                                     build_generator, load_deblurgan)
@@ -44,12 +43,6 @@ def motion_blur(rgb: np.ndarray, length: int = 9) -> np.ndarray:
     kernel = np.zeros((length, length), np.float32)
     kernel[length // 2, :] = 1.0 / length
     return cv2.filter2D(rgb, -1, kernel, borderType=cv2.BORDER_REFLECT)
-
-
-def photo_crop(shared_images: Path, size: int = 128) -> np.ndarray:
-    with Image.open(shared_images / "ost-009.png") as im:
-        rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return np.ascontiguousarray(rgb[200:200 + size, 150:150 + size])
 
 
 def random_checkpoint(name: str, path: Path, seed: int = 0, prefix: str = "module.") -> dict:
@@ -235,18 +228,22 @@ def test_maxim_odd_size_and_deterministic(maxim):
 
 
 @pytest.fixture(scope="module")
-def blurred_pair(shared_images):
-    sharp = photo_crop(shared_images, 128)
+def blurred_pair():
+    from skimage import data
+    sharp = np.ascontiguousarray(data.astronaut()[60:252, 150:342], dtype=np.float32) / 255  # 192 x 192
     return sharp, motion_blur(sharp, 9)
 
 
 def test_maxim_deblurs_and_tiling_is_seamless(maxim, blurred_pair):
+    """4 overlapping tiles of 128 (+32 context) vs one run on the whole 192 x 192 image: same quality.
+    (MAXIM mixes information across its whole input, so tiles must not be tiny: 64-px tiles lose ~0.4 dB.)"""
     sharp, blurred = blurred_pair
     untiled = deblur_array(blurred, maxim, tile=1024, overlap=32, context=32)
-    tiled = deblur_array(blurred, maxim, tile=64, overlap=16, context=32)
+    tiled = deblur_array(blurred, maxim, tile=128, overlap=32, context=32)
     p_blur, p_untiled, p_tiled = psnr(blurred, sharp), psnr(untiled, sharp), psnr(tiled, sharp)
-    assert p_untiled > p_blur + 1.0, (p_blur, p_untiled)
+    assert p_untiled > p_blur + 3.0, (p_blur, p_untiled)
     assert abs(p_tiled - p_untiled) < 0.1, (p_tiled, p_untiled)
+    assert psnr(tiled, untiled) > 40  # no visible seams
 
 
 # ------------------------------------------------------------------------------------------ HTTP
