@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import io
-import json
 import sys
 import types
 from pathlib import Path

@@ -22,9 +22,9 @@ def random_state_dict(template: dict[str, torch.Tensor], model: str, seed: int =
             continue
         shape = value.shape
         if key.endswith("weight") and value.ndim == 4:
-            # ConvTranspose2d weights are (in, out, k, k): its fan-in per output is in * k * k / stride^2
-            fan_in = shape[1] * shape[2] * shape[3] if "up" not in key and "model8.0" != key.rsplit(".", 1)[0] \
-                else shape[0] * shape[2] * shape[3] / 4
+            # ConvTranspose2d weights are (in, out, k, k): fan-in per output is in * k * k / stride^2
+            transposed = key == "model8.0.weight" if model == "eccv16" else "up." in key
+            fan_in = shape[0] * shape[2] * shape[3] / 4 if transposed else shape[1] * shape[2] * shape[3]
             out[key] = torch.randn(shape, generator=gen) * math.sqrt(2.0 / fan_in)
         elif key.endswith("running_mean"):
             out[key] = torch.randn(shape, generator=gen) * 0.1
