@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import collect
-from tests.helpers import decode_rgb, photo, png_of
+from tests.helpers import decode_rgb, jpeg_of, photo, png_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,8 +30,9 @@ def digests(folder: Path) -> dict[str, tuple[str, float]]:
 def photo_folder(tmp_path: Path, shared_images: Path) -> Path:
     folder = tmp_path / "in"
     folder.mkdir()
-    (folder / "small.jpg").write_bytes((shared_images / "small-0014.jpg").read_bytes())
-    (folder / "coffee.png").write_bytes(png_of(photo("coffee")[::4, ::4]))       # 150 x 100 real photo
+    # real photos, small so that model stages on a CPU stay quick
+    (folder / "small.jpg").write_bytes(jpeg_of(photo("astronaut")[::8, ::8]))     # 64 x 64
+    (folder / "coffee.png").write_bytes(png_of(photo("coffee")[::8, ::8]))        # 75 x 50
     good = (shared_images / "small-0014.jpg").read_bytes()
     (folder / "broken.jpg").write_bytes(good[: len(good) // 3])                   # truncated JPEG
     (folder / "notes.txt").write_text("not a photo")
@@ -46,8 +47,8 @@ def test_folder_with_a_corrupt_photo(stack, photo_folder: Path, tmp_path: Path):
     assert "2 restored, 0 skipped (already done), 1 failed" in first.stdout
     assert "broken.jpg: HTTP 400 corrupt_image" in first.stdout
     assert sorted(p.name for p in out.iterdir()) == ["coffee.png", "small.png"]
-    assert decode_rgb((out / "small.png").read_bytes()).shape[:2] == (179, 179)
-    assert decode_rgb((out / "coffee.png").read_bytes()).shape[:2] == (100, 150)
+    assert decode_rgb((out / "small.png").read_bytes()).shape[:2] == (64, 64)
+    assert decode_rgb((out / "coffee.png").read_bytes()).shape[:2] == (50, 75)
     assert digests(photo_folder) == before, "inputs must never be touched"
 
     outputs = digests(out)

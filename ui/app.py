@@ -6,6 +6,7 @@ finishing and download from /v1/finish. The finishing preview is computed here o
 """
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -17,6 +18,7 @@ if str(ROOT) not in sys.path:  # `streamlit run ui/app.py` puts only ui/ on the 
     sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from ui import compare, finishing, widgets  # noqa: E402
 from ui.gateway_client import (FINAL_STATES, Gateway, GatewayError, advanced_fields, gateway_url,  # noqa: E402
@@ -25,7 +27,9 @@ from ui.gateway_client import (FINAL_STATES, Gateway, GatewayError, advanced_fie
 SIMPLE_CHAIN = ("denoise", "deblur", "colorize", "upscale", "post-denoise", "sharpen")
 UPSCALE_CHOICES = ("none", "x2", "x4", "enhance", "custom")
 POLL_S = 0.25
-STATE_ICONS = {"done": "✅", "running": "⏳", "skipped": "⏭️", "failed": "❌", "pending": "▫️", "cancelled": "⏹️"}
+# plain symbols and Material icons (bundled with Streamlit): no emoji font is needed in the browser
+STATE_ICONS = {"done": ":green[✔]", "running": ":blue[►]", "skipped": ":orange[↷]", "failed": ":red[✖]",
+               "pending": ":gray[○]", "cancelled": ":gray[■]"}
 FINISH_SLIDERS = (  # key, label, min, max, step, help
     ("blur_sigma", "Extra blur (sigma, px)", 0.0, 5.0, 0.1, "Gaussian blur of the full-size image; 0 = off"),
     ("sharpen_amount", "Sharpness (amount)", 0.0, 3.0, 0.05, "unsharp-mask amount; 0 = off"),
@@ -46,7 +50,7 @@ def fetch_stages(url: str) -> dict:
 
 
 def show_error(error: GatewayError, prefix: str = "") -> None:
-    st.error(f"{prefix}{error.describe()}", icon="🚫")
+    st.error(f"{prefix}{error.describe()}", icon=":material/error:")
 
 
 # ---------------------------------------------------------------------------------------------- availability
@@ -74,7 +78,7 @@ def render_availability(stages: dict) -> None:
     st.sidebar.subheader("Stage availability")
     for service, entry in sorted(stages.get("services", {}).items()):
         usable, why = service_state(stages, service)
-        icon = "🟢" if usable else ("🔴" if entry.get("status") == "down" else "🟠")
+        icon = ":green[●]" if usable else (":red[●]" if entry.get("status") == "down" else ":orange[●]")
         label = "ready" if usable else ("down" if entry.get("status") == "down" else "not installed")
         with st.sidebar.expander(f"{icon} {service}: {label}", expanded=not usable):
             info = entry.get("info", {})
@@ -83,7 +87,7 @@ def render_availability(stages: dict) -> None:
             models = info.get("models") or {}
             if models:
                 for name, model in models.items():
-                    mark = "✅ installed" if model.get("available") else "❌ not installed"
+                    mark = ":green[✔ installed]" if model.get("available") else ":red[✖ not installed]"
                     default = " (default)" if model.get("default") else ""
                     st.markdown(f"- `{name}`{default}: {mark}")
                     if not model.get("available") and model.get("fetch_command"):
@@ -112,8 +116,8 @@ def simple_controls(stages: dict | None) -> dict[str, str] | None:
         missing = [(s, service_state(stages, service_of(stages, s))[1]) for s in wanted
                    if not service_state(stages, service_of(stages, s))[0]]
         if missing:
-            st.info("These stages are not available and will be skipped: "
-                    + "; ".join(f"**{s}** ({why})" for s, why in missing), icon="ℹ️")
+            st.info("No model installed for these stages; they are skipped where they need one: "
+                    + "; ".join(f"**{s}** ({why})" for s, why in missing), icon=":material/info:")
     return simple_fields(colorize, upscale)
 
 
@@ -159,7 +163,7 @@ def advanced_controls(stages: dict | None) -> dict[str, str] | None:
         stage, uid = entry["stage"], entry["uid"]
         service = service_of(stages, stage)
         usable, why = service_state(stages, service)
-        with st.expander(f"{index + 1}. {stage}" + ("" if usable else "  ⚠️ not available"), expanded=True):
+        with st.expander(f"{index + 1}. {stage}" + ("" if usable else "  :orange[(not available)]"), expanded=True):
             buttons = st.columns([1, 1, 1, 6])
             buttons[0].button("↑", key=f"up_{uid}", on_click=_move, args=(index, -1), disabled=index == 0)
             buttons[1].button("↓", key=f"down_{uid}", on_click=_move, args=(index, 1),
@@ -244,7 +248,8 @@ def start_job(gw: Gateway, upload, fields: dict[str, str]) -> None:
 def follow_job(gw: Gateway) -> None:
     """Poll the active job, showing per-stage progress, until it reaches a final state."""
     job = st.session_state["job"]
-    st.button("Cancel", key="cancel", on_click=_cancel_job)
+    cancel_slot = st.empty()
+    cancel_slot.button("Cancel", key="cancel", on_click=_cancel_job)
     placeholder = st.empty()
     status = job["status"]
     while status.get("state") not in FINAL_STATES:
@@ -258,6 +263,7 @@ def follow_job(gw: Gateway) -> None:
             return
         job["status"] = status
     placeholder.empty()
+    cancel_slot.empty()
     st.session_state["job"] = None
     st.session_state["last_status"] = status
     if status["state"] == "done":
@@ -278,16 +284,16 @@ def render_outcome(status: dict) -> None:
     if state == "done":
         ran = [d["stage"] for d in status.get("stages_done", [])]
         total = sum(d["ms"] for d in status.get("stages_done", [])) / 1000
-        st.success(f"Restored: {', '.join(ran) or 'no stage ran'} ({total:.1f} s)", icon="✅")
+        st.success(f"Restored: {', '.join(ran) or 'no stage ran'} ({total:.1f} s)", icon=":material/check_circle:")
     elif state == "cancelled":
-        st.warning("The job was cancelled.", icon="⏹️")
+        st.warning("The job was cancelled.", icon=":material/cancel:")
     elif state == "failed":
         error = status.get("error") or {}
         where = f"stage **{error['stage']}**: " if error.get("stage") else ""
         st.error(f"The restore failed at {where}{error.get('message', 'unknown error')} (`{error.get('code')}`)",
-                 icon="🚫")
+                 icon=":material/error:")
     for skipped in status.get("skipped", []):
-        st.warning(f"Skipped **{skipped['stage']}**: {skipped['reason']}", icon="⏭️")
+        st.warning(f"Skipped **{skipped['stage']}**: {skipped['reason']}", icon=":material/skip_next:")
     with st.expander("Stages", expanded=False):
         render_job(status, st)
 
@@ -371,8 +377,17 @@ def download_panel(result: dict, settings: dict[str, float]) -> None:
 
 # ---------------------------------------------------------------------------------------------- page
 
+def describe_upload(name: str, data: bytes) -> str:
+    """'name: W×H px, N MB' from the header alone (the gateway does the real decoding and checks)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return f"{name}: {im.width}×{im.height} px, {len(data) / 1e6:.1f} MB"
+    except Exception:
+        return f"{name}: {len(data) / 1e6:.1f} MB (not a readable image header)"
+
+
 def main() -> None:
-    st.set_page_config(page_title="Old-photo restoration", page_icon="🖼️", layout="wide")
+    st.set_page_config(page_title="Old-photo restoration", page_icon=":material/photo:", layout="wide")
     url = gateway_url()
     gw = get_gateway(url)
     st.title("Old-photo restoration")
@@ -389,6 +404,8 @@ def main() -> None:
 
     mode = st.radio("Mode", ("Simple", "Advanced"), key="mode", horizontal=True)
     upload = st.file_uploader("Photo (JPEG or PNG)", type=["jpg", "jpeg", "png"], key="upload")
+    if upload is not None:
+        st.caption(describe_upload(upload.name, upload.getvalue()))
     fields = simple_controls(stages) if mode == "Simple" else advanced_controls(stages)
     busy = bool(st.session_state.get("job"))
     if st.button("Restore", key="restore", type="primary", disabled=upload is None or fields is None or busy):
