@@ -234,8 +234,8 @@ def _cancel_job() -> None:
 
 def start_job(gw: Gateway, upload, fields: dict[str, str]) -> None:
     data = upload.getvalue()
-    st.session_state.pop("download", None)
-    st.session_state.pop("job_error", None)
+    for stale in ("download", "job_error", "result", "last_status", "previews"):
+        st.session_state.pop(stale, None)
     try:
         status = gw.submit_job(data, upload.name, fields)
     except GatewayError as exc:

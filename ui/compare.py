@@ -24,12 +24,13 @@ body {{ margin: 0; font-family: sans-serif; }}
 </div></body></html>"""
 
 
-def comparison_html(before: bytes, after: bytes, size: tuple[int, int], *, width: int = 700,
+def comparison_html(before: bytes, after: bytes, size: tuple[int, int], *, width: int = 700, max_height: int = 720,
                     before_label: str = "Before", after_label: str = "After", position: float = 50,
                     before_mime: str = "image/jpeg", after_mime: str = "image/jpeg") -> tuple[str, int]:
     """HTML for the slider and the iframe height it needs; ``size`` = (width, height) of the images."""
     img_w, img_h = size
     width = min(width, img_w) if img_w >= 200 else width
+    width = max(100, min(width, round(max_height * img_w / img_h)))   # portrait photos stay on screen
     height = round(width * img_h / img_w)
     html = TEMPLATE.format(width=width, aspect=f"{img_w} / {img_h}", position=position,
                            before=base64.b64encode(before).decode(), after=base64.b64encode(after).decode(),
