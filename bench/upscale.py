@@ -240,7 +240,9 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller crops, fewer runs")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--x4plus-size", type=int, default=96, help="crop side for the x4plus comparison")
+    parser.add_argument("--compact-size", type=int, default=256, help="crop side for the compact comparison")
     parser.add_argument("--skip", nargs="*", default=[], choices=["reference", "tiling", "modes", "enhance", "rss"])
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -252,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reference venv missing ({REF_PYTHON}); run bench/setup_upscale_reference.sh")
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                rows = [compare_with_reference("RealESRGAN_x4plus", "rrdb", 48 if args.quick else 96, runs, Path(tmp)),
-                        compare_with_reference("realesr-animevideov3", "srvgg", 128 if args.quick else 256, runs,
+                rows = [compare_with_reference("RealESRGAN_x4plus", "rrdb", 48 if args.quick else args.x4plus_size, runs,
+                                               Path(tmp)),
+                        compare_with_reference("realesr-animevideov3", "srvgg", 128 if args.quick else args.compact_size, runs,
                                                Path(tmp))]
             print("\n## Reference RealESRGANer (eager fp32, untiled) vs this service\n" + table(rows))
     if "tiling" not in args.skip:

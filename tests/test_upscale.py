@@ -181,7 +181,9 @@ def test_denoise_strength_blends_like_realesrgan_dni(tmp_path):
     torch.save({"params": a}, store.path_for(model.file))
     with pytest.raises(ModelUnavailable, match="wdn"):
         build_model(model, store, denoise_strength=0.3)
+    assert not is_installed(model, store)  # usable only with its twin
     torch.save({"params": b}, store.path_for(model.twin))
+    assert is_installed(model, store) and default_model(store) == "realesr-general-x4v3"
     net = build_model(model, store, denoise_strength=0.3)
     got = net.state_dict()
     assert all(torch.allclose(got[k], 0.3 * a[k] + 0.7 * b[k], atol=1e-7) for k in a)
@@ -338,4 +340,5 @@ def test_http_health_info_process_and_errors(stack, provisioned, shared_images):
         resp = httpx.post(url + "/process", files={"image": ("s.png", small, "image/png")},
                           data={"params": f'{{"model": "{name}"}}'})
         assert resp.status_code == 503
-        assert resp.json()["error"]["fetch_command"] == f"python -m services.upscale.fetch {name}"
+        assert resp.json()["error"]["fetch_command"].startswith(f"python -m services.upscale.fetch {name}")
+        assert health["models"][name]["fetch_command"].startswith(f"python -m services.upscale.fetch {name}")

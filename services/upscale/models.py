@@ -195,7 +195,13 @@ PREFERENCE = ("realesr-general-x4v3", "RealESRGAN_x4plus", "RealESRGAN_x2plus", 
 
 
 def is_installed(model: UpscaleModel, store: ModelStore | None = None) -> bool:
-    return (store or ModelStore()).is_available(model.file)
+    """Usable with every parameter: its file, and its -wdn- twin where denoise_strength needs one."""
+    store = store or ModelStore()
+    return store.is_available(model.file) and (model.twin is None or store.is_available(model.twin))
+
+
+def model_fetch_command(model: UpscaleModel) -> str:
+    return fetch_command(model.name + (f" {model.twin.name}" if model.twin is not None else ""))
 
 
 def default_model(store: ModelStore | None = None) -> str | None:
@@ -211,9 +217,7 @@ def models_status(store: ModelStore | None = None) -> dict[str, dict]:
         entry = {"available": is_installed(m, store), "default": name == default, "scale": m.scale,
                  "kind": m.kind, "description": m.description, "file": m.file.filename}
         if not entry["available"]:
-            entry["fetch_command"] = m.file.fetch_command
-        if m.twin is not None:
-            entry["denoise_strength_available"] = store.is_available(m.twin)
+            entry["fetch_command"] = model_fetch_command(m)
         out[name] = entry
     return out
 

@@ -27,7 +27,7 @@ from shared.model_store import ModelStore
 from shared.tiling import process_tiled
 
 from .engine import Engine
-from .models import MODELS, STAGE, build_model, default_model, fetch_command
+from .models import MODELS, STAGE, build_model, default_model, fetch_command, is_installed, model_fetch_command
 
 MAX_OUTPUT_ENV = "UPSCALE_MAX_OUTPUT_PIXELS"
 DEFAULT_MAX_OUTPUT = 32_000_000
@@ -107,6 +107,8 @@ def upscale(picture: Picture, params: dict, ctx: StageContext, *, store: ModelSt
             engines: EngineCache = ENGINES) -> Picture:
     name = resolve_model(params["model"], store)
     model = MODELS[name]
+    if not is_installed(model, store):
+        raise ModelUnavailable(name, model_fetch_command(model), stage=STAGE)
     height, width = picture.height, picture.width
     if params["enhance"]:
         reduce = params["enhance_reduce"]
