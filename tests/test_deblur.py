@@ -23,9 +23,9 @@ from shared.imaging import Picture
 from shared.model_store import ModelStore
 
 from services.deblur.models import (INCEPTION, MAXIM, MAXIM_ORACLE_FILENAME, MAXIM_ORACLE_TOLERANCE,
-                                    MODEL_FILES, MOBILENET, DeblurGANRunner, DeblurModels, MaximRunner,
+                                    MODEL_FILES, MOBILENET, DeblurModels, MaximRunner,
                                     build_generator, load_deblurgan)
-from services.deblur.stage import deblur_array, make_deblur
+from services.deblur.stage import deblur_array, make_deblur, tiling_for
 
 DATA = Path(__file__).resolve().parent / "deblur_data"
 sys.path.insert(0, str(DATA))
@@ -244,6 +244,16 @@ def test_maxim_deblurs_and_tiling_is_seamless(maxim, blurred_pair):
     assert p_untiled > p_blur + 3.0, (p_blur, p_untiled)
     assert abs(p_tiled - p_untiled) < 0.1, (p_tiled, p_untiled)
     assert psnr(tiled, untiled) > 40  # no visible seams
+
+
+def test_tile_geometry():
+    """Interior MAXIM tiles run at a multiple of 64 without padding; an image that fits one such run is
+    processed whole (one run instead of four overlapping ones)."""
+    big = tiling_for(MAXIM, 1000, 700)
+    assert (big["tile"] + 2 * big["context"]) % 64 == 0 and big["overlap"] * 4 <= big["tile"]
+    assert tiling_for(MAXIM, 340, 300)["tile"] >= 340
+    for name in (MOBILENET, INCEPTION):
+        assert (tiling_for(name, 2000, 2000)["tile"] + 2 * tiling_for(name, 2000, 2000)["context"]) % 32 == 0
 
 
 # ------------------------------------------------------------------------------------------ HTTP
