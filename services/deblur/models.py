@@ -306,5 +306,8 @@ class DeblurModels:
             raise ModelUnavailable(name, MODEL_FILES[name].fetch_command, stage=STAGE,
                                    reason=f"the cached file {path} cannot be loaded ({exc})") from None
         device = select_device()
+        if device == "cpu" and os.environ.get("DEBLUR_THREADS"):
+            import torch
+            torch.set_num_threads(int(os.environ["DEBLUR_THREADS"]))
         model = model.to(device).half() if device == "cuda" else model
         return DeblurGANRunner(model, device, min_size=128 if name == INCEPTION else 64)
