@@ -213,12 +213,16 @@ def test_finishing_sliders_and_download_keep_metadata(app: AppTest, shared_image
     app.button(key="adv_add").click().run()
     restore(app, "wolf.jpg", original)
     assert app.session_state["last_status"]["state"] == "done"
-    base, _ = app.session_state["previews"][(app.session_state["result"]["id"], "Fit")]
+    base, after_png, _ = app.session_state["previews"][(app.session_state["result"]["id"], "Fit")]
+    # the browser is sent exactly the pixels the Python preview finishes (lossless PNG)
+    assert np.array_equal(decode_rgb(after_png), np.rint(base.rgb * 255).astype(np.uint8))
     plain = finishing.preview(base, app.session_state["preview_settings"])
-    app.slider(key="sharpen_amount").set_value(2.0).run()
-    app.slider(key="blur_sigma").set_value(0.0).run()
-    assert app.session_state["preview_settings"]["sharpen_amount"] == 2.0
-    assert app.session_state["preview_ms"] < 1000
+    assert app.session_state["preview_settings"] == finishing.DEFAULTS
+    # the browser panel sends its settings back as the component's value (out-of-range values are clamped)
+    app.session_state["finish_ctl"] = {"sharpen_amount": 2.0, "blur_sigma": 0.0, "sharpen_radius": 9.0}
+    app.run()
+    assert app.session_state["preview_settings"] == {**finishing.DEFAULTS, "sharpen_amount": 2.0,
+                                                     "sharpen_radius": 5.0}
     sharpened = finishing.preview(base, app.session_state["preview_settings"])
     assert np.abs(sharpened.astype(int) - plain).mean() > 0.5
 
@@ -238,5 +242,6 @@ def test_finishing_sliders_and_download_keep_metadata(app: AppTest, shared_image
                 assert kept.get(tag) == exif[tag]
         assert len(kept) >= len(exif) - 1
     # a changed slider invalidates the prepared file
-    app.slider(key="sharpen_amount").set_value(1.0).run()
+    app.session_state["finish_ctl"] = {"sharpen_amount": 1.0, "sharpen_radius": 5.0}
+    app.run()
     assert not app.get("download_button")

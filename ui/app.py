@@ -2,7 +2,8 @@
 
 Everything goes through the gateway's HTTP API (GATEWAY_URL, default http://127.0.0.1:8000): stage
 availability from /v1/stages, restores as async jobs (/v1/jobs) with per-stage progress, the full-size
-finishing and download from /v1/finish. The finishing preview is computed here on a screen-sized copy.
+finishing and download from /v1/finish. The finishing preview runs in the browser (ui/finishing_component,
+the same maths as ui/finishing.py) on a screen-sized copy: slider changes need no server round trip.
 """
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ if str(ROOT) not in sys.path:  # `streamlit run ui/app.py` puts only ui/ on the 
 import streamlit as st  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ui import compare, finishing, widgets  # noqa: E402
+from ui import finishing, live_preview, widgets  # noqa: E402
 from ui.gateway_client import (FINAL_STATES, Gateway, GatewayError, advanced_fields, gateway_url,  # noqa: E402
                                simple_fields)
 
 SIMPLE_CHAIN = ("denoise", "deblur", "colorize", "upscale", "post-denoise", "sharpen")
 UPSCALE_CHOICES = ("none", "x2", "x4", "enhance", "custom")
 POLL_S = 0.25
+FINISH_KEY = "finish_ctl"   # the browser finishing panel's value: the chosen settings
 # plain symbols and Material icons (bundled with Streamlit): no emoji font is needed in the browser
 STATE_ICONS = {"done": ":green[✔]", "running": ":blue[►]", "skipped": ":orange[↷]", "failed": ":red[✖]",
                "pending": ":gray[○]", "cancelled": ":gray[■]"}
@@ -301,11 +303,12 @@ def render_outcome(status: dict) -> None:
 # ---------------------------------------------------------------------------------------------- finishing
 
 def finish_settings() -> dict[str, float]:
-    return {key: float(st.session_state.get(key, finishing.DEFAULTS[key])) for key, *_ in FINISH_SLIDERS}
+    """The settings the browser panel last sent back (the defaults until the user moves a slider)."""
+    return live_preview.clean(st.session_state.get(FINISH_KEY), FINISH_SLIDERS)
 
 
-def preview_sources(result: dict, zoom: str) -> tuple[finishing.PreviewBase, bytes]:
-    """Screen-sized copies of the result (to finish live) and of the original (before), made once."""
+def preview_sources(result: dict, zoom: str) -> tuple[finishing.PreviewBase, bytes, bytes]:
+    """Screen-sized copies of the result (PNG, finished live in the browser) and of the original (before)."""
     cache = st.session_state.setdefault("previews", {})
     key = (result["id"], zoom)
     if key not in cache:
@@ -314,36 +317,24 @@ def preview_sources(result: dict, zoom: str) -> tuple[finishing.PreviewBase, byt
         before_full = finishing.decode_rgb8(result["original"], orient=True)
         before_full = finishing.resize_to(before_full, after.full_size)
         before = finishing.make_base_from_rgb8(before_full, crop=crop)
-        cache[key] = (after, finishing.to_jpeg(finishing.preview(before, {})))
+        cache[key] = (after, live_preview.png_of_base(after), finishing.to_jpeg(finishing.preview(before, {})))
     return cache[key]
 
 
 @st.fragment
 def finishing_panel() -> None:
+    """Sliders and the before/after preview run in the browser (ui/finishing_component): a slider change is
+    drawn there without a server round trip; the chosen settings come back here for the download."""
     result = st.session_state.get("result")
     if not result:
         return
     st.subheader("Finishing")
-    left, right = st.columns([1, 3])
-    with left:
-        for key, label, low, high, step, help_text in FINISH_SLIDERS:
-            st.slider(label, low, high, float(finishing.DEFAULTS[key]), step, key=key, help=help_text)
-        zoom = st.radio("Preview", ("Fit", "100 % (centre)"), key="zoom", horizontal=True)
-    settings = finish_settings()
-    base, before_jpeg = preview_sources(result, zoom)
-    started = time.perf_counter()
-    after_jpeg = finishing.preview_jpeg(base, settings)
-    preview_ms = (time.perf_counter() - started) * 1000
-    st.session_state["preview_ms"] = preview_ms
+    zoom = st.radio("Preview", ("Fit", "100 % (centre)"), key="zoom", horizontal=True)
+    base, after_png, before_jpeg = preview_sources(result, zoom)
+    settings = live_preview.finishing_preview(
+        image_png=after_png, before_jpeg=before_jpeg, image_id=f"{result['id']}/{zoom}", scale=base.scale,
+        full_size=base.full_size, settings=finish_settings(), sliders=FINISH_SLIDERS, key=FINISH_KEY)
     st.session_state["preview_settings"] = settings
-    with right:
-        height, width = base.rgb.shape[:2]
-        html, frame_height = compare.comparison_html(before_jpeg, after_jpeg, (width, height),
-                                                     before_label="Original", after_label="Restored")
-        st.iframe(html, height=frame_height)  # our own HTML only: two data: images and fixed labels
-        full_w, full_h = base.full_size
-        st.caption(f"Restored image {full_w}×{full_h} px; preview {width}×{height} computed in {preview_ms:.0f} ms. "
-                   "Drag across the image to compare.")
     download_panel(result, settings)
 
 
@@ -373,6 +364,12 @@ def download_panel(result: dict, settings: dict[str, float]) -> None:
         cols[2].caption("Settings changed: apply again to download.")
     else:
         cols[2].caption("Applies the sliders to the full-size image; EXIF and ICC profile are kept.")
+    st.caption(f"Settings for the full image: {describe_settings(settings)}")
+
+
+def describe_settings(settings: dict[str, float]) -> str:
+    return (f"extra blur {settings['blur_sigma']:.1f} px, sharpness {settings['sharpen_amount']:.2f} "
+            f"(radius {settings['sharpen_radius']:.1f} px, threshold {settings['sharpen_threshold']:.1f})")
 
 
 # ---------------------------------------------------------------------------------------------- page
