@@ -1,4 +1,8 @@
-"""Live finishing preview computed in the UI on a screen-sized copy (own small numpy/OpenCV code).
+"""Finishing preview maths on a screen-sized copy (own small numpy/OpenCV code).
+
+The live preview in the page runs the same maths in JavaScript (ui/finishing_component/finish.js, checked
+against this module in tests/test_ui_e2e.py); this module makes the screen-sized copy the browser gets and is
+the reference for it.
 
 The full-size image is finished by the gateway's ``POST /v1/finish`` on download; this module only has to
 look the same at screen size: the same Gaussian blur and thresholded unsharp mask, with the blur sigma and
