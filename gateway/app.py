@@ -15,8 +15,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from shared.contract import BadRequest, ImageTooLarge, InvalidParams, StageError, error_body
+from shared.contract import InvalidParams, StageError, error_body
 from shared.imaging import decode_image, encode_jpeg, encode_png
+from shared.service import read_multipart
 
 from .chains import (STEPS, ChainOutcome, build_advanced_steps, parse_advanced_chain, run_chain,
                      simple_chain)
@@ -55,27 +56,8 @@ async def unexpected_error_handler(_: Request, exc: Exception):
     return JSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}"), status_code=500)
 
 
-async def read_form(request: Request) -> tuple[bytes, dict[str, str]]:
-    """The uploaded ``image`` and the text fields of a multipart request, with clear 4xx errors."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
-        raise ImageTooLarge(f"upload of {declared} bytes exceeds the {MAX_UPLOAD_BYTES}-byte limit")
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise BadRequest("send multipart/form-data with an 'image' file field", code="missing_image")
-    try:
-        form = await request.form()
-    except Exception as exc:
-        raise BadRequest(f"malformed multipart body: {exc}", code="bad_multipart") from None
-    upload = form.get("image")
-    if upload is None or isinstance(upload, str):
-        raise InvalidParams("the 'image' file field is missing", field="image", status=400, code="missing_image")
-    data = await upload.read()
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    return data, fields
-
-
 async def validated_upload(request: Request, max_pixels: int) -> tuple[bytes, dict[str, str]]:
-    data, fields = await read_form(request)
+    data, fields = await read_multipart(request, MAX_UPLOAD_BYTES)
     # Decoding here rejects bad uploads before any stage is called; the stages decode the same bytes.
     await run_in_threadpool(decode_image, data, max_pixels)
     return data, fields
@@ -111,22 +93,23 @@ async def steps_from_fields(request: Request, mode: str, fields: dict[str, str])
     raise InvalidParams("'mode' must be simple or advanced", field="mode")
 
 
+async def run_synchronously(request: Request, mode: str) -> Response:
+    data, fields = await validated_upload(request, request.app.state.settings.max_pixels)
+    steps = await steps_from_fields(request, mode, fields)
+    outcome = await run_chain(request.app.state.client, data, steps)
+    return await chain_response(request, data, outcome)
+
+
 @app.post("/v1/restore")
 async def restore(request: Request):
     """Simple mode: fixed chain; the user picks colorize (auto|on|off) and upscale (none|x2|x4|enhance|factor)."""
-    data, fields = await validated_upload(request, request.app.state.settings.max_pixels)
-    steps = await steps_from_fields(request, "simple", fields)
-    outcome = await run_chain(request.app.state.client, data, steps)
-    return await chain_response(request, data, outcome)
+    return await run_synchronously(request, "simple")
 
 
 @app.post("/v1/pipeline")
 async def pipeline(request: Request):
     """Advanced mode: ``stages`` = JSON list of {"stage": name, "params": {...}}, any order and subset."""
-    data, fields = await validated_upload(request, request.app.state.settings.max_pixels)
-    steps = await steps_from_fields(request, "advanced", fields)
-    outcome = await run_chain(request.app.state.client, data, steps)
-    return await chain_response(request, data, outcome)
+    return await run_synchronously(request, "advanced")
 
 
 FINISH_FIELDS = {"blur_sigma": 0.0, "sharpen_amount": 0.0, "sharpen_radius": 1.0, "sharpen_threshold": 0.0}

@@ -16,8 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from .contract import (PROCESS_TIME_HEADER, BadRequest, InvalidParams, Param, StageContext, StageError,
-                       error_body, params_schema, parse_params_json, validate_params)
+from .contract import (PROCESS_TIME_HEADER, BadRequest, ImageTooLarge, InvalidParams, Param, StageContext,
+                       StageError, error_body, params_schema, parse_params_json, validate_params)
 from .imaging import Picture, decode_image, encode_png, max_pixels_from_env
 
 log = logging.getLogger("restore.service")
@@ -96,10 +96,12 @@ def create_stage_app(stage: Stage) -> FastAPI:
     return app
 
 
-async def read_process_form(request: Request) -> tuple[bytes, dict]:
-    """The multipart ``image`` file and the JSON ``params`` field, with 4xx errors that say what is wrong."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
+async def read_multipart(request: Request, max_bytes: int | None = None) -> tuple[bytes, dict[str, str]]:
+    """The multipart ``image`` file and the text fields, with 4xx errors that say what is wrong."""
+    declared = request.headers.get("content-length")
+    if max_bytes and declared and declared.isdigit() and int(declared) > max_bytes:
+        raise ImageTooLarge(f"upload of {declared} bytes exceeds the {max_bytes}-byte limit")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise BadRequest("send multipart/form-data with an 'image' file field", code="missing_image")
     try:
         form = await request.form()
@@ -107,13 +109,18 @@ async def read_process_form(request: Request) -> tuple[bytes, dict]:
         raise BadRequest(f"malformed multipart body: {exc}", code="bad_multipart") from None
     upload = form.get("image")
     if upload is None or isinstance(upload, str):
-        raise InvalidParams("the 'image' file field is missing", field="image", status=400,
-                            code="missing_image")
-    data = await upload.read()
-    raw_params = form.get("params")
-    if raw_params is not None and not isinstance(raw_params, str):
-        raw_params = (await raw_params.read()).decode("utf-8", "replace")
-    return data, parse_params_json(raw_params)
+        raise InvalidParams("the 'image' file field is missing", field="image", status=400, code="missing_image")
+    fields = {}
+    for key, value in form.items():
+        if key != "image":
+            fields[key] = value if isinstance(value, str) else (await value.read()).decode("utf-8", "replace")
+    return await upload.read(), fields
+
+
+async def read_process_form(request: Request) -> tuple[bytes, dict]:
+    """``/process`` input: the image and its JSON ``params`` object."""
+    data, fields = await read_multipart(request)
+    return data, parse_params_json(fields.get("params"))
 
 
 def run_service(module_app: str, stage_name: str) -> None:

@@ -11,14 +11,12 @@ without internet access they are unavailable and the stage answers 503 naming th
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from shared.contract import ModelUnavailable
-from shared.model_store import ModelFile, ModelStore
+from shared.model_store import LoadedModels, ModelFile, ModelStore, select_torch_device
 
 STAGE = "colorize"
 FETCH = "python -m services.colorize.fetch"
@@ -39,11 +37,6 @@ MODEL_FILES: dict[str, ModelFile] = {
         description="Zhang et al., Real-Time User-Guided Image Colorization (SIGGRAPH 2017), automatic "
                     "mode, 34.2 M params"),
 }
-
-
-def select_device() -> str:
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def build_network(name: str):
@@ -115,39 +108,22 @@ class NetworkRunner:
         return np.ascontiguousarray(out[0].float().cpu().numpy())
 
 
-class ColorizeModels:
-    """Loads each model once, on first use, and shares it read-only between requests."""
+class ColorizeModels(LoadedModels):
+    """The colorize networks, each loaded once on first use and shared read-only between requests."""
 
     def __init__(self, store: ModelStore | None = None):
-        self.store = store or ModelStore()
-        self._loaded: dict[str, NetworkRunner] = {}
-        self._lock = threading.Lock()
+        super().__init__(MODEL_FILES, self._load_runner, stage=STAGE, store=store)
 
-    def available(self, name: str) -> bool:
-        return self.store.is_available(MODEL_FILES[name])
-
-    def status(self) -> dict[str, dict]:
-        return {name: {"available": self.available(name), "default": name == DEFAULT_MODEL,
-                       "license": spec.license, "description": spec.description,
-                       "fetch_command": spec.fetch_command, "file": spec.filename}
-                for name, spec in MODEL_FILES.items()}
+    def status(self) -> dict[str, dict]:  # type: ignore[override]
+        return super().status(DEFAULT_MODEL)
 
     def get(self, name: str | None = None) -> NetworkRunner:
-        name = name or DEFAULT_MODEL
-        path = self.store.require(MODEL_FILES[name], stage=STAGE)
-        with self._lock:
-            if name not in self._loaded:
-                self._loaded[name] = self._load(name, path)
-            return self._loaded[name]
+        return self.load(name or DEFAULT_MODEL)
 
     @staticmethod
-    def _load(name: str, path: Path) -> NetworkRunner:
-        try:
-            net = load_network(name, path)
-        except Exception as exc:  # a corrupt or foreign cache file is "unavailable", not a 500
-            raise ModelUnavailable(name, MODEL_FILES[name].fetch_command, stage=STAGE,
-                                   reason=f"the cached file {path} cannot be loaded ({exc})") from None
-        device = select_device()
+    def _load_runner(name: str, path: Path) -> NetworkRunner:
+        net = load_network(name, path)
+        device = select_torch_device()
         threads = os.environ.get("COLORIZE_THREADS")
         if threads:
             import torch

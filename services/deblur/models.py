@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from shared.contract import ModelUnavailable
-from shared.model_store import ModelFile, ModelStore, sha256_of
+from shared.model_store import LoadedModels, ModelFile, ModelStore, select_torch_device, sha256_of
 
 log = logging.getLogger("restore.deblur")
 
@@ -166,11 +165,6 @@ NETWORK_ONLY = (MOBILENET, INCEPTION)  # sources that need internet access (skip
 # ---------------------------------------------------------------- loading
 
 
-def select_device() -> str:
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def build_generator(name: str):
     if name == MOBILENET:
         from .arch.fpn_mobilenet import FPNMobileNet
@@ -261,16 +255,11 @@ class MaximRunner:
 # ---------------------------------------------------------------- registry
 
 
-class DeblurModels:
-    """Loads each model once, on first use, and shares it read-only between requests."""
+class DeblurModels(LoadedModels):
+    """The deblur models, each loaded once on first use and shared read-only between requests."""
 
     def __init__(self, store: ModelStore | None = None):
-        self.store = store or ModelStore()
-        self._loaded: dict[str, object] = {}
-        self._lock = threading.Lock()
-
-    def available(self, name: str) -> bool:
-        return self.store.is_available(MODEL_FILES[name])
+        super().__init__(MODEL_FILES, self._load_runner, stage=STAGE, store=store)
 
     def default_name(self) -> str | None:
         wanted = os.environ.get("DEBLUR_DEFAULT_MODEL")
@@ -278,34 +267,22 @@ class DeblurModels:
             return wanted
         return next((name for name in PREFERENCE if self.available(name)), None)
 
-    def status(self) -> dict[str, dict]:
-        default = self.default_name()
-        return {name: {"available": self.available(name), "default": name == default,
-                       "license": spec.license, "description": spec.description,
-                       "fetch_command": spec.fetch_command}
-                for name, spec in MODEL_FILES.items()}
+    def status(self) -> dict[str, dict]:  # type: ignore[override]
+        return super().status(self.default_name())
 
     def get(self, name: str | None):
         name = name or self.default_name()
         if name is None:
             raise ModelUnavailable(MAXIM, MODEL_FILES[MAXIM].fetch_command, stage=STAGE,
                                    reason="no deblur model is installed")
-        path = self.store.require(MODEL_FILES[name], stage=STAGE)
-        with self._lock:
-            if name not in self._loaded:
-                self._loaded[name] = self._load(name, path)
-            return name, self._loaded[name]
+        return name, self.load(name)
 
     @staticmethod
-    def _load(name: str, path: Path):
-        try:
-            if name == MAXIM:
-                return MaximRunner(path)
-            model = load_deblurgan(name, path)
-        except Exception as exc:  # a corrupt cache file is "unavailable", not a 500
-            raise ModelUnavailable(name, MODEL_FILES[name].fetch_command, stage=STAGE,
-                                   reason=f"the cached file {path} cannot be loaded ({exc})") from None
-        device = select_device()
+    def _load_runner(name: str, path: Path):
+        if name == MAXIM:
+            return MaximRunner(path)
+        model = load_deblurgan(name, path)
+        device = select_torch_device()
         if device == "cpu" and os.environ.get("DEBLUR_THREADS"):
             import torch
             torch.set_num_threads(int(os.environ["DEBLUR_THREADS"]))

