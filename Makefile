@@ -28,11 +28,14 @@ run: install provision
 test: install
 	$(BIN)/python -m pytest -q tests
 
-bench: install
+# Benchmarks print ratios against a baseline run in the same process. The upscale reference
+# (RealESRGANer) lives in its own venv: `bash bench/setup_upscale_reference.sh` once before.
+bench: install provision
 	$(BIN)/python -m bench.denoise
 	$(BIN)/python -m bench.upscale
 	$(BIN)/python -m bench.deblur
 	$(BIN)/python -m bench.colorize
+	$(BIN)/python -m bench.preview
 
 compose-config:
 	docker-compose config -q
