@@ -48,6 +48,8 @@ def healthy(url: str) -> bool:
 
 
 def main() -> int:
+    # SIGTERM (e.g. from a process manager) must stop the children too, like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for name in STAGE_NAMES:
         env.setdefault(f"{name.upper()}_URL", f"http://{HOST}:{port_of(name)}")
