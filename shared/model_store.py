@@ -207,9 +207,3 @@ class LoadedModels:
                     raise ModelUnavailable(name, spec.fetch_command, stage=self.stage,
                                            reason=f"the cached file {path} cannot be loaded ({exc})") from None
             return self._loaded[name]
-
-
-def select_torch_device() -> str:
-    """"cuda" when a GPU is present, else "cpu" (torch is imported only by the model stages that call this)."""
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"

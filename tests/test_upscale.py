@@ -16,12 +16,13 @@ import torch
 from services.upscale.arch import RRDBNet, SRVGGNetCompact
 from services.upscale.engine import Engine
 from services.upscale.models import (MODELS, NCNN_FILES, blend_states, build_model, default_model,
-                                     ensure_ncnn_files, is_installed, load_state_dict, ncnn_dir)
+                                     ensure_ncnn_files, is_installed, ncnn_dir)
 from services.upscale.ncnn_convert import FP16_TAG, ConversionError, convert, parse_param
 from services.upscale.stage import PARAMS, EngineCache, upscale
 from shared.contract import ImageTooLarge, ModelUnavailable, StageContext, validate_params
 from shared.imaging import Picture, decode_image
 from shared.model_store import ModelStore
+from shared.torch_weights import read_state_dict
 from tests.helpers import decode_rgb, png_of
 
 PROVISIONED = ("RealESRGAN_x4plus", "RealESRGAN_x4plus_anime_6B", "realesr-animevideov3")
@@ -107,7 +108,7 @@ def test_checkpoint_round_trip_weights_only(name, tmp_path):
     torch.save({"params_ema": state}, path)
     model.load_state_dict(state)
     loaded = MODELS[name].build().eval()
-    loaded.load_state_dict(load_state_dict(path), strict=True)
+    loaded.load_state_dict(read_state_dict(path), strict=True)
     x = torch.rand(1, 3, 10, 12)
     with torch.inference_mode():
         out = loaded(x)
@@ -167,7 +168,7 @@ def test_ncnn_conversion_round_trip_and_strictness(provisioned):
 
 def test_provisioned_files_load_strictly(provisioned):
     for name in PROVISIONED:
-        state = load_state_dict(provisioned.path_for(MODELS[name].file))
+        state = read_state_dict(provisioned.path_for(MODELS[name].file))
         assert {k: tuple(v.shape) for k, v in state.items()} == EXPECTED[name]
     assert ensure_ncnn_files(provisioned) == ncnn_dir(provisioned)  # hashes of the wheel files still match
 

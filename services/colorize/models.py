@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.model_store import LoadedModels, ModelFile, ModelStore, select_torch_device
+from shared.model_store import LoadedModels, ModelFile, ModelStore
+from shared.torch_weights import load_strict, read_state_dict, select_torch_device
 
 STAGE = "colorize"
 FETCH = "python -m services.colorize.fetch"
@@ -51,24 +52,7 @@ def build_network(name: str):
 
 def load_network(name: str, path: Path):
     """The network with the checkpoint's weights (``weights_only=True``; every key and shape must match)."""
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path.name} holds no state dict of tensors")
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-    net = build_network(name)
-    expected = net.state_dict()
-    for key in expected:  # checkpoints saved before torch 0.4.1 have no BatchNorm batch counters
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = expected[key]
-    net.load_state_dict(state, strict=True)
-    net.eval()
-    for parameter in net.parameters():
-        parameter.requires_grad_(False)
-    return net
+    return load_strict(build_network(name), read_state_dict(path))
 
 
 BF16_ENV = "COLORIZE_CPU_BF16"

@@ -28,7 +28,8 @@ from typing import Callable
 import numpy as np
 
 from shared.contract import ModelUnavailable
-from shared.model_store import LoadedModels, ModelFile, ModelStore, select_torch_device, sha256_of
+from shared.model_store import LoadedModels, ModelFile, ModelStore, sha256_of
+from shared.torch_weights import load_strict, read_state_dict, select_torch_device
 
 log = logging.getLogger("restore.deblur")
 
@@ -177,23 +178,7 @@ def build_generator(name: str):
 
 def load_deblurgan(name: str, path: Path):
     """The generator with the checkpoint's weights; strict: every key and shape must match."""
-    import torch
-
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint["model"] if isinstance(checkpoint, dict) and "model" in checkpoint else checkpoint
-    if not isinstance(state, dict):
-        raise ValueError(f"{path.name}: no state dict inside")
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-    model = build_generator(name)
-    expected = model.state_dict()
-    for key in expected:  # torch < 0.4.1 checkpoints have no num_batches_tracked counters
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = expected[key]
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model
+    return load_strict(build_generator(name), read_state_dict(path))
 
 
 @dataclass

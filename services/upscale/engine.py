@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.model_store import select_torch_device
+from shared.torch_weights import select_torch_device
 
 from .arch import RRDBNet
 

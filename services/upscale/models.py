@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from shared.model_store import ModelFile, ModelStore, sha256_of
+from shared.torch_weights import load_strict, read_state_dict
 
 from .arch import RRDBNet, SRVGGNetCompact
 from .ncnn_convert import convert_files
@@ -214,15 +215,6 @@ def models_status(store: ModelStore | None = None) -> dict[str, dict]:
     return out
 
 
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(ckpt, dict):
-        for key in ("params_ema", "params"):
-            if key in ckpt and isinstance(ckpt[key], dict):
-                return ckpt[key]
-    return ckpt
-
-
 def blend_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], weight_a: float) -> dict:
     """Deep network interpolation as Real-ESRGAN's ``dni``: weight_a * a + (1 - weight_a) * b."""
     if a.keys() != b.keys():
@@ -233,10 +225,8 @@ def blend_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], weight_
 def build_model(model: UpscaleModel, store: ModelStore | None = None, denoise_strength: float = 1.0) -> nn.Module:
     """The network with its weights (eval mode, fp32, CPU). Raises ModelUnavailable if not installed."""
     store = store or ModelStore()
-    state = load_state_dict(store.require(model.file, stage=STAGE))
+    state = read_state_dict(store.require(model.file, stage=STAGE))
     if model.twin is not None and denoise_strength < 1.0:
-        twin = load_state_dict(store.require(model.twin, stage=STAGE))
+        twin = read_state_dict(store.require(model.twin, stage=STAGE))
         state = blend_states(state, twin, denoise_strength)
-    net = model.build()
-    net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return net.eval().requires_grad_(False)
+    return load_strict(model.build(), {k: v.float() for k, v in state.items()})
