@@ -167,26 +167,36 @@ def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     return arr if op is None else op(arr)
 
 
+ROW_BLOCK = 256  # rows per block when converting big images, so no full-size float temporary is made
+
+
 def is_grayscale(rgb: np.ndarray, tolerance: float = 1 / 255) -> bool:
-    return bool(np.abs(rgb[:, :, 0] - rgb[:, :, 1]).max() <= tolerance
-                and np.abs(rgb[:, :, 1] - rgb[:, :, 2]).max() <= tolerance)
+    for top in range(0, rgb.shape[0], ROW_BLOCK):
+        block = rgb[top:top + ROW_BLOCK]
+        if (np.abs(block[:, :, 0] - block[:, :, 1]).max() > tolerance
+                or np.abs(block[:, :, 1] - block[:, :, 2]).max() > tolerance):
+            return False
+    return True
 
 
 def to_integer(arr: np.ndarray, bit_depth: int) -> np.ndarray:
-    peak = 65535.0 if bit_depth == 16 else 255.0
-    dtype = np.uint16 if bit_depth == 16 else np.uint8
-    out = np.multiply(arr, peak, dtype=np.float32)
-    np.clip(out, 0, peak, out=out)
-    out += 0.5
-    return out.astype(dtype)
+    peak = np.float32(65535.0 if bit_depth == 16 else 255.0)
+    out = np.empty(arr.shape, dtype=np.uint16 if bit_depth == 16 else np.uint8)
+    for top in range(0, arr.shape[0], ROW_BLOCK):
+        block = np.multiply(arr[top:top + ROW_BLOCK], peak, dtype=np.float32)
+        np.clip(block, 0, peak, out=block)
+        block += np.float32(0.5)
+        out[top:top + ROW_BLOCK] = block
+    return out
 
 
 def encode_png(picture: Picture, compression: int = 1) -> bytes:
     """Lossless PNG with the picture's precision, alpha, EXIF and ICC profile."""
     gray = is_grayscale(picture.rgb, tolerance=0.0)
     colour = picture.rgb[:, :, :1] if gray else picture.rgb[:, :, ::-1]  # OpenCV writes BGR
-    planes = [colour] if picture.alpha is None else [colour, picture.alpha[:, :, None]]
-    arr = to_integer(np.concatenate(planes, axis=2) if len(planes) > 1 else colour, picture.bit_depth)
+    arr = to_integer(colour, picture.bit_depth)
+    if picture.alpha is not None:
+        arr = np.concatenate([arr, to_integer(picture.alpha[:, :, None], picture.bit_depth)], axis=2)
     ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, compression])
     if not ok:
         raise RuntimeError("PNG encoding failed")
