@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from services.denoise.stage import PARAMS, denoise, plane_sigmas, estimate_noise_sigma
+from services.denoise.stage import PARAMS, denoise, plane_sigmas
 from shared.contract import StageContext, validate_params
 from shared.imaging import Picture, decode_image
 
