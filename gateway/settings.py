@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shared.contract import DEFAULT_PORTS, STAGE_NAMES
 from shared.imaging import DEFAULT_MAX_PIXELS
@@ -29,7 +29,6 @@ class Settings:
     jobs_workers: int
     jobs_result_ttl: float
     info_cache_ttl: float = 30.0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> "Settings":
