@@ -5,12 +5,11 @@ Pipeline step names are what users see; each maps to one service plus parameters
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from shared.contract import InvalidParams, StageError, validate_against_schema
+from shared.contract import InvalidParams, StageError, parse_json_field, validate_against_schema
 
 from .client import StageClient
 
@@ -101,12 +100,7 @@ def parse_advanced_chain(raw: str | None) -> list[tuple[str, dict]]:
     if raw is None or not raw.strip():
         raise InvalidParams("'stages' is required: a JSON list of {\"stage\": name, \"params\": {...}}",
                             field="stages")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidParams(f"'stages' is not valid JSON: {exc.msg}", field="stages") from None
-    if not isinstance(value, list):
-        raise InvalidParams("'stages' must be a JSON list", field="stages")
+    value = parse_json_field(raw, "stages", list)
     if len(value) > MAX_ADVANCED_STEPS:
         raise InvalidParams(f"at most {MAX_ADVANCED_STEPS} stages per request", field="stages")
     chain = []

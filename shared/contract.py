@@ -148,17 +148,22 @@ def params_schema(params: Iterable[Param]) -> list[dict]:
     return [p.schema() for p in params]
 
 
+def parse_json_field(raw: str, field: str, expected: type) -> Any:
+    """A form field holding JSON of the ``expected`` type (dict or list), or InvalidParams naming it."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidParams(f"'{field}' is not valid JSON: {exc.msg}", field=field) from None
+    if not isinstance(value, expected):
+        raise InvalidParams(f"'{field}' must be a JSON {'object' if expected is dict else 'list'}", field=field)
+    return value
+
+
 def parse_params_json(raw: str | None) -> dict:
     """Parse the ``params`` form field (a JSON object); empty means all defaults."""
     if raw is None or not raw.strip():
         return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidParams(f"'params' is not valid JSON: {exc.msg}", field="params") from None
-    if not isinstance(value, dict):
-        raise InvalidParams("'params' must be a JSON object", field="params")
-    return value
+    return parse_json_field(raw, "params", dict)
 
 
 def validate_params(declared: Iterable[Param], given: Mapping[str, Any]) -> dict:
