@@ -19,11 +19,8 @@ Each part is the best of ``--repeats`` runs (the network: best of 2), in this pr
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
-import time
-import types
 import warnings
 
 import cv2
@@ -32,20 +29,16 @@ import torch
 
 from services.colorize.models import ECCV16, SIGGRAPH17, NetworkRunner, build_network
 from services.colorize.stage import colorize_array
+from bench.timing import best_of
+from tools.colorize_reference import INSTALL_HINT, import_colorizers
 from tools.colorize_weights import random_state_dict
 
 
 def reference_module():
-    stub = importlib.util.find_spec("IPython") is None
-    if stub:
-        sys.modules["IPython"] = types.SimpleNamespace(embed=None)
     try:
-        return importlib.import_module("colorizers")
+        return import_colorizers()
     except ImportError:
-        sys.exit("the reference is missing: pip install -r services/colorize/requirements-test.txt")
-    finally:
-        if stub:
-            sys.modules.pop("IPython", None)
+        sys.exit(f"the reference is missing: {INSTALL_HINT}")
 
 
 def gray_photo(megapixels: float) -> np.ndarray:
@@ -54,15 +47,6 @@ def gray_photo(megapixels: float) -> np.ndarray:
     height = int(round(width * 3 / 4))
     rgb = cv2.resize(skimage.data.astronaut(), (width, height), interpolation=cv2.INTER_CUBIC)
     return np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
-
-
-def best(fn, repeats: int):
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -107,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             bf16_out = colorize_array(rgb, bf16_runner, 256, timings=bf16_parts)
             bf16 = (bf16_parts["network"], psnr(bf16_out, outputs["keep"]))
             # reference
-            t_pre, (tens_orig, tens_rs) = best(lambda: reference.preprocess_img(rgb8, HW=(256, 256)), args.repeats)
+            t_pre, (tens_orig, tens_rs) = best_of(lambda: reference.preprocess_img(rgb8, HW=(256, 256)), args.repeats)
             with torch.inference_mode():
-                t_net, ab = best(lambda: ref_net(tens_rs), 2)
-            t_post, expected = best(lambda: reference.postprocess_tens(tens_orig, ab), args.repeats)
+                t_net, ab = best_of(lambda: ref_net(tens_rs), 2)
+            t_post, expected = best_of(lambda: reference.postprocess_tens(tens_orig, ab), args.repeats)
             ours_full = ours["prepare"] + ours["finish"]
             ref_full = t_pre + t_post
             rows.append((name, f"{rgb.shape[1]}x{rgb.shape[0]}", ours, ours_full, t_pre, t_net, t_post, ref_full,

@@ -18,10 +18,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.timing import best_of
 
 ROOT = Path(__file__).resolve().parent.parent
 REF_PYTHON = Path(os.environ.get("UPSCALE_REF_PYTHON", ROOT / ".venv-ref" / "bin" / "python"))
@@ -94,15 +95,6 @@ def load_photo() -> np.ndarray:
     return decode_image(PHOTO.read_bytes()).rgb
 
 
-def timed(fn, runs: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(runs):
-        t = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), result
-
-
 # ------------------------------------------------------------------ sections
 
 def compare_with_reference(name: str, arch: str, size: int, runs: int, workdir: Path) -> dict:
@@ -126,8 +118,8 @@ def compare_with_reference(name: str, arch: str, size: int, runs: int, workdir: 
         ref.run()  # warm-up
         for _ in range(runs):
             t_ref.append(ref.run())
-            t_ours.append(timed(lambda: engine.run_image(crop), 1)[0])
-            t_eager.append(timed(lambda: eager.run_image(crop), 1)[0])
+            t_ours.append(best_of(lambda: engine.run_image(crop), 1)[0])
+            t_eager.append(best_of(lambda: eager.run_image(crop), 1)[0])
         ref_out = ref.output()[:, :, ::-1]
     finally:
         ref.close()
@@ -157,7 +149,7 @@ def mode_times(name: str, size: int) -> list[dict]:
     upscale(crop, validate_params(PARAMS, {"model": name, "scale": 2}), StageContext())  # warm-up
     rows = []
     for label, params in modes:
-        t, out = timed(lambda: upscale(crop, validate_params(PARAMS, {"model": name, **params}), StageContext()), 1)
+        t, out = best_of(lambda: upscale(crop, validate_params(PARAMS, {"model": name, **params}), StageContext()), 1)
         rows.append({"model": name, "mode": label, "crop": f"{size}x{size}", "crop_s": t,
                      "s_per_MP": t * 1e6 / (size * size)})
     return rows
@@ -175,7 +167,7 @@ def enhance_quality(name: str, size: int) -> list[dict]:
     rows = []
     for reduce in (1.0, 2.0):
         params = validate_params(PARAMS, {"model": name, "enhance": True, "enhance_reduce": reduce})
-        t, out = timed(lambda: upscale(Picture(rgb=crop), params, StageContext()), 1)
+        t, out = best_of(lambda: upscale(Picture(rgb=crop), params, StageContext()), 1)
         mse = float(np.mean((out.rgb - crop) ** 2))
         rows.append({"model": name, "enhance_reduce": reduce, "s": t, "detail_ratio": lap(out.rgb) / lap(crop),
                      "psnr_to_input": 10 * np.log10(1 / mse)})
@@ -197,7 +189,7 @@ def tiling(name: str, gt_size: int, tiles: list[int]) -> list[dict]:
     ref_psnr = psnr8(to8(untiled), to8(gt))
     rows = []
     for tile in tiles:
-        t, out = timed(lambda: run(tile), 1)
+        t, out = best_of(lambda: run(tile), 1)
         rows.append({"model": name, "input": f"{gt_size // 4}x{gt_size // 4}", "tile": tile,
                      "psnr_untiled_vs_photo": ref_psnr, "psnr_tiled_vs_photo": psnr8(to8(out), to8(gt)),
                      "delta_dB": psnr8(to8(out), to8(gt)) - ref_psnr, "psnr_tiled_vs_untiled": psnr8(to8(out), to8(untiled))})

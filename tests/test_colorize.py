@@ -10,10 +10,7 @@ must answer 503 with the fetch command.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import io
-import sys
-import types
 from pathlib import Path
 
 import cv2
@@ -31,6 +28,7 @@ from services.colorize.colour import chroma_decision, lightness
 from services.colorize.models import ECCV16, MODEL_FILES, SIGGRAPH17, ColorizeModels, build_network
 from services.colorize.stage import CHROMA_HEADER, DECISION_HEADER, colorize_array, decide, make_colorize
 from tests.helpers import png_of, jpeg_of, photo, psnr
+from tools.colorize_reference import INSTALL_HINT, import_colorizers
 from tools.colorize_weights import random_state_dict
 
 MODELS = (ECCV16, SIGGRAPH17)
@@ -39,18 +37,10 @@ MODELS = (ECCV16, SIGGRAPH17)
 # ----------------------------------------------------------------------------------------- fixtures
 
 def import_reference():
-    """The reference package; its modules import IPython (unused) at the top, which is stubbed if absent."""
-    stubbed = importlib.util.find_spec("IPython") is None
-    if stubbed:
-        sys.modules["IPython"] = types.SimpleNamespace(embed=None)
     try:
-        return importlib.import_module("colorizers")
+        return import_colorizers()
     except ImportError as exc:
-        pytest.fail(f"the reference implementation is not installed ({exc}); run "
-                    "`pip install -r services/colorize/requirements-test.txt` (rz-colorization==1.0.5)")
-    finally:
-        if stubbed:
-            sys.modules.pop("IPython", None)
+        pytest.fail(f"the reference implementation is not installed ({exc}); run `{INSTALL_HINT}`")
 
 
 @pytest.fixture(scope="session")
