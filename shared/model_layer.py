@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -134,6 +135,13 @@ def select_precision(spec: ModelSpec, device: str, requested: str | None = None,
     return spec.cpu_precision if cpu_has_bf16() else "fp32"
 
 
+def _apply_thread_limit(stage: str) -> None:
+    """``<STAGE>_THREADS`` caps torch's intra-op threads (ONNX Runtime sessions read it themselves)."""
+    threads = os.environ.get(f"{stage.upper()}_THREADS")
+    if threads and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(threads))
+
+
 # ------------------------------------------------------------------------------------------ the one call
 
 def pad_to_requirements(image: np.ndarray, size: SizeRequirements, mode: str = "reflect",
@@ -240,6 +248,7 @@ class ModelRegistry:
         with self._lock:  # one load per model even when requests arrive together
             model = self._loaded.get(key)
             if model is None:
+                _apply_thread_limit(self.stage)
                 try:
                     precision = select_precision(spec, self.device, stage=self.stage)
                     model = spec.load(spec, paths, self.device, precision, **options)
