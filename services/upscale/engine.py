@@ -33,10 +33,14 @@ def precisions_for(arch: type) -> tuple[tuple[str, ...], str]:
     return ("fp32", "bf16", "fp16"), "bf16"
 
 
+def _no_files(*_args, **_kwargs):
+    raise RuntimeError("a bare network's spec has no weight files to load")
+
+
 def network_spec(net: nn.Module, scale: int, name: str | None = None) -> ModelSpec:
     """A spec for a bare network (no files): what tests and benchmarks need to run one directly."""
     precisions, cpu = precisions_for(type(net))
-    return ModelSpec(name=name or type(net).__name__, description="", license="", files=(), load=Engine,
+    return ModelSpec(name=name or type(net).__name__, description="", license="", files=(), load=_no_files,
                      fetch_command="", scale=scale, size=SizeRequirements(multiple_of=getattr(net, "input_multiple", 1)),
                      precisions=precisions, cpu_precision=cpu)
 
