@@ -1,0 +1,177 @@
+"""Finding print damage: thin elongated defects (scratches, creases, hairs) and small blobs (dust, spots).
+
+Works on the luminance in 8-bit units, once per polarity (bright defects: scraped emulsion, crease ridges,
+dust on the print; dark ones: dirt in a groove, crease shadows, dust on the negative):
+
+1. A morphological top-hat with a disc wider than any defect (``TOPHAT_SIZE``) keeps exactly the
+   structures narrower than it, with their contrast against the local background; broad shading and
+   objects are gone.
+2. The threshold follows the local texture: the median top-hat of 16x16 blocks (the median ignores the thin
+   defects themselves) times ``TEXTURE_FACTOR`` plus a contrast floor, all scaled by the sensitivity. Grass
+   or hair raises the bar, a smooth sky lowers it.
+3. Lines: the top-hat, thickened by one pixel (a 1-px digital curve holds no straight digital segment),
+   opened with line segments of ``LINE_LENGTH`` px in ``ANGLES`` directions (the max over directions),
+   keeps what is long in some direction and drops specks and fine texture. Wide parts of what passes the
+   threshold are cut away, and the remaining connected components stay if they are long and thin; their
+   pixels are those of the (unthickened) top-hat above ``FOOTPRINT_FACTOR`` of the threshold.
+4. Blobs: small compact components of the top-hat above a higher threshold, away from any line.
+
+``mode=auto`` repairs what passes the thresholds; ``force`` also what passes ``CANDIDATE_FACTOR`` of them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+TOPHAT_SIZE = 11          # disc diameter: removes structures up to 10 px wide (defects are 1-5 px, specks <= 9)
+LINE_LENGTH = 21          # a segment this long must fit inside a line defect
+ANGLES = 12
+LEVEL_BLOCK = 16
+MIN_CONTRAST = 14.0       # 8-bit levels: the faintest defect worth flagging on a smooth area
+TEXTURE_FACTOR = 3.0
+DUST_FACTOR = 2.2         # blobs are easier to confuse with detail than lines: a higher bar
+CANDIDATE_FACTOR = 0.7    # force mode repairs candidates down to this share of the threshold
+GROW_FACTOR = 0.5         # a speck's pixels: its top-hat above this share of its bar
+LINE_FACTOR = 1.3       # lines are judged against the top-hat threshold times this
+FOOTPRINT_FACTOR = 0.35   # a line's pixels: its top-hat above this share of the threshold
+MIN_LINE_LENGTH = 30      # px
+MAX_LINE_WIDTH = 9.0      # px: mean width (area / length) of the thickened response; wider parts are cut
+MAX_DUST_AREA = 110       # px
+MAX_DUST_SIDE = 13        # px
+
+
+@dataclass
+class Detection:
+    mask: np.ndarray                                  # bool H x W: the defects to repair
+    candidates: np.ndarray                            # bool H x W: everything above the candidate bar
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def sensitivity_scale(sensitivity: float) -> float:
+    """Threshold multiplier: 0.5 is the calibrated default, 1 halves the thresholds, 0 doubles them."""
+    return 2.0 ** (1.0 - 2.0 * sensitivity)
+
+
+def _line_kernels() -> list[np.ndarray]:
+    kernels = []
+    half = LINE_LENGTH // 2
+    for index in range(ANGLES):
+        angle = math.pi * index / ANGLES
+        kernel = np.zeros((LINE_LENGTH, LINE_LENGTH), np.uint8)
+        dx, dy = math.cos(angle) * half, math.sin(angle) * half
+        cv2.line(kernel, (round(half - dx), round(half - dy)), (round(half + dx), round(half + dy)), 1, 1)
+        kernels.append(kernel)
+    return kernels
+
+
+_LINES = _line_kernels()
+_SQUARE3 = np.ones((3, 3), np.uint8)
+_WIDE_CUT = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (11, 11))
+_DISC = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (TOPHAT_SIZE, TOPHAT_SIZE))
+
+
+def texture_level(tophat: np.ndarray) -> np.ndarray:
+    """Local median of the top-hat in 16x16 blocks, interpolated back to full size and smoothed."""
+    height, width = tophat.shape
+    rows, cols = max(1, height // LEVEL_BLOCK), max(1, width // LEVEL_BLOCK)
+    blocks = tophat[:rows * LEVEL_BLOCK, :cols * LEVEL_BLOCK].reshape(rows, LEVEL_BLOCK, cols, LEVEL_BLOCK)
+    medians = np.median(blocks.transpose(0, 2, 1, 3).reshape(rows, cols, -1), axis=2).astype(np.float32)
+    # a 3x3-block maximum: a textured block lends its bar to its neighbours, so texture edges are covered
+    medians = cv2.dilate(medians, np.ones((3, 3), np.uint8))
+    return cv2.resize(medians, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _line_response(tophat: np.ndarray) -> np.ndarray:
+    response = np.zeros_like(tophat)
+    for kernel in _LINES:
+        np.maximum(response, cv2.morphologyEx(tophat, cv2.MORPH_OPEN, kernel), out=response)
+    return response
+
+
+def _components(binary: np.ndarray):
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+    return count, labels, stats
+
+
+def _long_thin(core: np.ndarray) -> np.ndarray:
+    """The pixels of ``core`` in connected components that are long and thin.
+
+    Wide parts (and a band around them) are cut away first, so a scratch that runs into a bright object
+    is not judged by the object's shape.
+    """
+    half_width = cv2.distanceTransform(core.astype(np.uint8), cv2.DIST_L2, 3)
+    wide = cv2.dilate((half_width > MAX_LINE_WIDTH / 2).astype(np.uint8), _WIDE_CUT) > 0
+    core = core & ~wide
+    count, labels, stats = _components(core)
+    if count <= 1:
+        return np.zeros(core.shape, bool)
+    length = np.hypot(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
+    width = stats[:, cv2.CC_STAT_AREA] / np.maximum(length, 1)
+    keep = (length >= MIN_LINE_LENGTH) & (width <= MAX_LINE_WIDTH)
+    keep[0] = False
+    return keep[labels]
+
+
+def _lines(tophat: np.ndarray, threshold: np.ndarray, floor: float, scale: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(confident mask, candidate mask, number of confident lines)."""
+    # A one-pixel digital curve holds no straight digital segment at most angles: thicken it first, then
+    # take the footprint from the undilated top-hat.
+    response = _line_response(cv2.dilate(tophat, _SQUARE3))
+    # the bar follows how much line-like texture (hair, grass, fabric) is around, not just any texture
+    ratio = response / (threshold * LINE_FACTOR)
+    footprint = tophat / threshold > FOOTPRINT_FACTOR
+    out = []
+    for bar in (1.0, floor):
+        lines = _long_thin(ratio > bar)
+        out.append(cv2.dilate(lines.astype(np.uint8), _SQUARE3).astype(bool) & footprint)
+    found = _components(out[0])[0] - 1
+    return out[0], out[1], found
+
+
+def _blobs(tophat: np.ndarray, threshold: np.ndarray, floor: float, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    ratio = tophat / (threshold * DUST_FACTOR)
+    grown = (ratio > GROW_FACTOR * floor) & ~exclude
+    count, labels, stats = _components(grown)
+    if count <= 1:
+        empty = np.zeros(tophat.shape, bool)
+        return empty, empty, 0
+    peak = np.zeros(count, np.float32)
+    np.maximum.at(peak, labels.ravel(), ratio.ravel())
+    small = ((stats[:, cv2.CC_STAT_AREA] <= MAX_DUST_AREA)
+             & (np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]) <= MAX_DUST_SIDE))
+    small[0] = False
+    candidate = small & (peak > floor)
+    confident = small & (peak > 1.0)
+    return confident[labels], candidate[labels], int(confident.sum())
+
+
+def detect(luma: np.ndarray, *, sensitivity: float = 0.5, scratches: bool = True, dust: bool = True,
+           polarity: str = "both") -> Detection:
+    """Defects in a luminance plane (float32, 8-bit units)."""
+    scale = sensitivity_scale(sensitivity)
+    mask = np.zeros(luma.shape, bool)
+    candidates = np.zeros(luma.shape, bool)
+    counts = {"lines": 0, "specks": 0}
+    signs = {"both": ("bright", "dark"), "bright": ("bright",), "dark": ("dark",)}[polarity]
+    for sign in signs:
+        operation = cv2.MORPH_OPEN if sign == "bright" else cv2.MORPH_CLOSE
+        background = cv2.morphologyEx(luma, operation, _DISC)
+        tophat = (luma - background) if sign == "bright" else (background - luma)
+        threshold = (MIN_CONTRAST + TEXTURE_FACTOR * texture_level(tophat)) * scale
+        line_mask = np.zeros(luma.shape, bool)
+        if scratches:
+            line_mask, line_candidates, found = _lines(tophat, threshold, CANDIDATE_FACTOR, scale)
+            mask |= line_mask
+            candidates |= line_candidates
+            counts["lines"] += found
+        if dust:
+            # a one-pixel ring around lines keeps their soft edges from reading as specks
+            near_lines = cv2.dilate(candidates.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+            blob_mask, blob_candidates, found = _blobs(tophat, threshold, CANDIDATE_FACTOR, near_lines)
+            mask |= blob_mask
+            candidates |= blob_candidates
+            counts["specks"] += found
+    return Detection(mask=mask, candidates=candidates | mask, counts=counts)
