@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import math
 
+import cv2
 import numpy as np
 
 from shared.contract import InvalidParams, Param, StageContext
-from shared.imaging import Picture
+from shared.imaging import Picture, is_grayscale
 
 from .detect import detect
 from .inpaint import sparse_fill, telea
@@ -42,6 +43,7 @@ PARAMS = (
 
 # auto mode trusts a detection only up to this share of the photo: beyond it, what was found is texture
 AUTO_MAX_FRACTION = 0.06
+FILL_RIM = np.ones((3, 3), np.uint8)
 
 # Orthonormal opponent transform (rows Y, U, V): detail lives in Y, which gets the texture-keeping fill.
 _OPPONENT = np.array([[1 / math.sqrt(3)] * 3,
@@ -60,6 +62,8 @@ def fill(rgb255: np.ndarray, mask: np.ndarray, method: str = "sparse") -> np.nda
         # the colour-difference planes are smooth in photos: diffusion is enough there
         if method == "sparse" and index == 0:
             planes.append(sparse_fill(plane, mask))
+        elif index > 0 and np.abs(plane).max() < 1e-3:
+            planes.append(plane)          # a grey photo stays exactly grey
         else:
             planes.append(telea(plane, mask8))
     filled = np.stack(planes, axis=2) @ _OPPONENT        # orthonormal: the inverse is the transpose
@@ -100,6 +104,10 @@ def repair(picture: Picture, params: dict, ctx: StageContext) -> Picture:
     if not mask.any():
         ctx.progress(3, 3)
         return picture
-    repaired = fill(rgb255, mask, params["method"])
+    # a defect's faint rim is part of it: fill one pixel beyond what was flagged, or the fill copies the rim
+    repaired = fill(rgb255, cv2.dilate(mask.astype(np.uint8), FILL_RIM).astype(bool), params["method"])
+    out = np.clip(repaired / np.float32(255), 0.0, 1.0).astype(np.float32)
+    if is_grayscale(picture.rgb, tolerance=0.0):
+        out = np.repeat(out.mean(axis=2, keepdims=True), 3, axis=2)   # exactly grey, as it came
     ctx.progress(3, 3)
-    return picture.replace(rgb=np.clip(repaired / np.float32(255), 0.0, 1.0).astype(np.float32))
+    return picture.replace(rgb=out)
