@@ -28,17 +28,23 @@ import numpy as np
 
 TOPHAT_SIZE = 11          # disc diameter: removes structures up to 10 px wide (defects are 1-5 px, specks <= 9)
 LINE_LENGTH = 21          # a segment this long must fit inside a line defect
-ANGLES = 12
+ANGLES = 8
 LEVEL_BLOCK = 16
+LEVEL_PERCENTILE = 50
 MIN_CONTRAST = 14.0       # 8-bit levels: the faintest defect worth flagging on a smooth area
 TEXTURE_FACTOR = 3.0
 DUST_FACTOR = 2.2         # blobs are easier to confuse with detail than lines: a higher bar
 CANDIDATE_FACTOR = 0.7    # force mode repairs candidates down to this share of the threshold
 GROW_FACTOR = 0.5         # a speck's pixels: its top-hat above this share of its bar
-LINE_FACTOR = 1.3       # lines are judged against the top-hat threshold times this
+LINE_LOW = 0.5            # line pixels: response above this share of the bar
+LINE_CONTRAST = 35.0      # 8-bit levels
+LINE_TEXTURE_FACTOR = 3.0
+LINE_LEVEL_BLOCK = 32
 FOOTPRINT_FACTOR = 0.35   # a line's pixels: its top-hat above this share of the threshold
-MIN_LINE_LENGTH = 30      # px
+MIN_LINE_LENGTH = 50      # px
 MAX_LINE_WIDTH = 9.0      # px: mean width (area / length) of the thickened response; wider parts are cut
+SCORE_BAR = 2.0
+WIDE_HALF_WIDTH = 6.0     # px: thicker than any thickened defect, so a merge with texture or an object
 MAX_DUST_AREA = 110       # px
 MAX_DUST_SIDE = 13        # px
 
@@ -69,26 +75,34 @@ def _line_kernels() -> list[np.ndarray]:
 
 _LINES = _line_kernels()
 _SQUARE3 = np.ones((3, 3), np.uint8)
-_WIDE_CUT = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (11, 11))
+_WIDE_CUT = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 _DISC = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (TOPHAT_SIZE, TOPHAT_SIZE))
 
 
-def texture_level(tophat: np.ndarray) -> np.ndarray:
-    """Local median of the top-hat in 16x16 blocks, interpolated back to full size and smoothed."""
-    height, width = tophat.shape
-    rows, cols = max(1, height // LEVEL_BLOCK), max(1, width // LEVEL_BLOCK)
-    blocks = tophat[:rows * LEVEL_BLOCK, :cols * LEVEL_BLOCK].reshape(rows, LEVEL_BLOCK, cols, LEVEL_BLOCK)
-    medians = np.median(blocks.transpose(0, 2, 1, 3).reshape(rows, cols, -1), axis=2).astype(np.float32)
-    # a 3x3-block maximum: a textured block lends its bar to its neighbours, so texture edges are covered
-    medians = cv2.dilate(medians, np.ones((3, 3), np.uint8))
-    return cv2.resize(medians, (width, height), interpolation=cv2.INTER_LINEAR)
+def texture_level(values: np.ndarray, block: int = LEVEL_BLOCK, spread: bool = True) -> np.ndarray:
+    """Local level of ``values``: a low percentile in blocks (thin defects do not raise it), interpolated."""
+    height, width = values.shape
+    rows, cols = max(1, height // block), max(1, width // block)
+    blocks = values[:rows * block, :cols * block].reshape(rows, block, cols, block)
+    flat = blocks.transpose(0, 2, 1, 3).reshape(rows, cols, -1)
+    rank = int(LEVEL_PERCENTILE / 100 * (flat.shape[2] - 1))
+    level = np.partition(flat, rank, axis=2)[:, :, rank].astype(np.float32)
+    if spread:
+        # a 3x3-block maximum: a textured block lends its bar to its neighbours, so texture edges are covered
+        level = cv2.dilate(level, np.ones((3, 3), np.uint8))
+    return cv2.resize(level, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def _line_response(tophat: np.ndarray) -> np.ndarray:
+def _line_response(tophat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Max over directions of the line openings, and the index of the direction that gave it."""
     response = np.zeros_like(tophat)
-    for kernel in _LINES:
-        np.maximum(response, cv2.morphologyEx(tophat, cv2.MORPH_OPEN, kernel), out=response)
-    return response
+    direction = np.zeros(tophat.shape, np.uint8)
+    for index, kernel in enumerate(_LINES):
+        opened = cv2.morphologyEx(tophat, cv2.MORPH_OPEN, kernel)
+        better = opened > response
+        np.copyto(response, opened, where=better)
+        np.copyto(direction, np.uint8(index), where=better)
+    return response, direction
 
 
 def _components(binary: np.ndarray):
@@ -96,37 +110,51 @@ def _components(binary: np.ndarray):
     return count, labels, stats
 
 
-def _long_thin(core: np.ndarray) -> np.ndarray:
-    """The pixels of ``core`` in connected components that are long and thin.
+def _long_thin(ratio: np.ndarray, direction: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Line pixels (confident, candidates): thin, coherently oriented parts of ``ratio > LINE_LOW * floor``.
 
-    Wide parts (and a band around them) are cut away first, so a scratch that runs into a bright object
-    is not judged by the object's shape.
+    Pixels are grouped by direction (each group spans three neighbouring directions, so a gently curving
+    scratch stays one piece) before they are joined into components: a scratch crossing hair or an object
+    is not merged with it. A faint line is accepted when it is long (a coherent curve over hundreds of
+    pixels is not texture), a short one only when it is strong: score = mean ratio x sqrt(length /
+    MIN_LINE_LENGTH) >= SCORE_BAR (candidates: >= SCORE_BAR x floor). Wide parts are cut away first.
     """
+    core = ratio > LINE_LOW * floor
     half_width = cv2.distanceTransform(core.astype(np.uint8), cv2.DIST_L2, 3)
-    wide = cv2.dilate((half_width > MAX_LINE_WIDTH / 2).astype(np.uint8), _WIDE_CUT) > 0
-    core = core & ~wide
-    count, labels, stats = _components(core)
-    if count <= 1:
-        return np.zeros(core.shape, bool)
-    length = np.hypot(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
-    width = stats[:, cv2.CC_STAT_AREA] / np.maximum(length, 1)
-    keep = (length >= MIN_LINE_LENGTH) & (width <= MAX_LINE_WIDTH)
-    keep[0] = False
-    return keep[labels]
+    core &= ~(cv2.dilate((half_width > WIDE_HALF_WIDTH).astype(np.uint8), _WIDE_CUT) > 0)
+    capped = np.minimum(ratio, 3.0)
+    confident = np.zeros(core.shape, bool)
+    candidates = np.zeros(core.shape, bool)
+    for first in range(0, ANGLES, 2):
+        # directions first-1, first, first+1 (modulo ANGLES)
+        members = core & (((direction.astype(np.int16) - (first - 1)) % ANGLES) < 3)
+        count, labels, stats = _components(members)
+        if count <= 1:
+            continue
+        length = np.hypot(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
+        width = stats[:, cv2.CC_STAT_AREA] / np.maximum(length, 1)
+        strength = np.bincount(labels.ravel(), capped.ravel(), count) / np.maximum(stats[:, cv2.CC_STAT_AREA], 1)
+        score = strength * np.sqrt(length / MIN_LINE_LENGTH)
+        shaped = (length >= MIN_LINE_LENGTH) & (width <= MAX_LINE_WIDTH)
+        shaped[0] = False
+        candidates |= (shaped & (score >= SCORE_BAR * floor))[labels]
+        confident |= (shaped & (score >= SCORE_BAR))[labels]
+    return confident, candidates
 
 
 def _lines(tophat: np.ndarray, threshold: np.ndarray, floor: float, scale: float) -> tuple[np.ndarray, np.ndarray, int]:
     """(confident mask, candidate mask, number of confident lines)."""
     # A one-pixel digital curve holds no straight digital segment at most angles: thicken it first, then
     # take the footprint from the undilated top-hat.
-    response = _line_response(cv2.dilate(tophat, _SQUARE3))
-    # the bar follows how much line-like texture (hair, grass, fabric) is around, not just any texture
-    ratio = response / (threshold * LINE_FACTOR)
-    footprint = tophat / threshold > FOOTPRINT_FACTOR
-    out = []
-    for bar in (1.0, floor):
-        lines = _long_thin(ratio > bar)
-        out.append(cv2.dilate(lines.astype(np.uint8), _SQUARE3).astype(bool) & footprint)
+    response, direction = _line_response(cv2.dilate(tophat, _SQUARE3))
+    # Texture hardly survives the line openings, so the bar follows line-like texture only (hair, grass,
+    # wood grain), measured on the response itself in blocks large enough that one defect stays a minority.
+    ratio = response / ((LINE_CONTRAST + LINE_TEXTURE_FACTOR * texture_level(response, LINE_LEVEL_BLOCK, False))
+                        * scale)
+    # a line's pixels: those whose own top-hat carries a good part of the line's contrast there
+    footprint = tophat > FOOTPRINT_FACTOR * cv2.dilate(response, _SQUARE3)
+    out = [cv2.dilate(lines.astype(np.uint8), _SQUARE3).astype(bool) & footprint
+           for lines in _long_thin(ratio, direction, floor)]
     found = _components(out[0])[0] - 1
     return out[0], out[1], found
 
