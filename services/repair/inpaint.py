@@ -4,13 +4,12 @@ Thin defects cut through texture; diffusion methods (cv2.inpaint's Telea and Nav
 border colour inwards and leave a smooth streak where grain, hair or foliage should continue. Here the
 missing pixels are the unknowns of an iterative sparse recovery (Guleryuz 2006; the inpainting form of
 Elad, Starck et al.'s morphological component analysis): starting from Telea's fill, every iteration
-transforms overlapping 16x16 blocks (16 grid offsets) with the DCT, keeps only the coefficients above a threshold, transforms
-back, averages the overlapping estimates, and puts the known pixels back. The threshold falls from coarse
-to fine, so the fill first takes the local shape and then the texture that the surrounding blocks share.
+transforms overlapping 16x16 blocks (16 grid offsets) with the DCT, keeps only the coefficients above a
+threshold, transforms back, averages the overlapping estimates and keeps the known pixels. The threshold
+falls from coarse to fine, so the fill first takes the local shape, then the texture the blocks share.
 
 Only the blocks that hold mask pixels are transformed, so the cost follows the damaged area, not the
-photo size. Colour is handled in an orthonormal opponent space: the
-luminance gets the full treatment, the two colour-difference planes (smooth in photos) keep Telea's fill.
+photo size. The caller (stage.fill) uses it on the luminance; the colour planes keep Telea's fill.
 """
 from __future__ import annotations
 
@@ -21,8 +20,8 @@ import numpy as np
 
 BLOCK = 16
 MARGIN = BLOCK           # reflected border, so blocks at every grid offset reach the photo's edges
-ITERATIONS = 16
-SHIFT_STEP = 8           # block grid offsets 0 and 8 in each direction: 4 overlapping grids
+ITERATIONS = 8
+SHIFT_STEP = 4           # block grid offsets 0, 4, 8, 12 in each direction: 16 overlapping grids
 THRESHOLD_START = 160.0  # 8-bit levels (orthonormal DCT keeps the pixel scale)
 THRESHOLD_END = 3.0
 TELEA_RADIUS = 3

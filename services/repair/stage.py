@@ -44,8 +44,6 @@ PARAMS = (
 # auto mode trusts a detection only up to this share of the photo: beyond it, what was found is texture
 AUTO_MAX_FRACTION = 0.06
 FILL_RIM = np.ones((3, 3), np.uint8)
-SPECK_AREA = 150         # px (with the rim): larger or longer parts of the mask get the sparse fill
-SPECK_SIDE = 16
 
 # Orthonormal opponent transform (rows Y, U, V): detail lives in Y, which gets the texture-keeping fill.
 _OPPONENT = np.array([[1 / math.sqrt(3)] * 3,
@@ -55,24 +53,15 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def fill(rgb255: np.ndarray, mask: np.ndarray, method: str = "sparse") -> np.ndarray:
-    """``rgb255`` (float32, 8-bit units) with the pixels under ``mask`` filled; other pixels unchanged.
-
-    Specks (small compact parts of the mask) keep Telea's fill: a hole of a few pixels has little texture
-    to continue, and they are spread over the whole photo, where the block transform would cost the most.
-    """
+    """``rgb255`` (float32, 8-bit units) with the pixels under ``mask`` filled; other pixels unchanged."""
     mask8 = mask.astype(np.uint8)
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask8, connectivity=8)
-    long_parts = (stats[:, cv2.CC_STAT_AREA] > SPECK_AREA) | (
-        np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]) > SPECK_SIDE)
-    long_parts[0] = False
-    lines = long_parts[labels]
     opponent = rgb255 @ _OPPONENT.T
     planes = []
     for index in range(3):
         plane = np.ascontiguousarray(opponent[:, :, index])
         # the colour-difference planes are smooth in photos: diffusion is enough there
         if method == "sparse" and index == 0:
-            planes.append(sparse_fill(plane, lines, start=telea(plane, mask8)))
+            planes.append(sparse_fill(plane, mask))
         elif index > 0 and np.abs(plane).max() < 1e-3:
             planes.append(plane)          # a grey photo stays exactly grey
         else:
