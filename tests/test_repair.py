@@ -3,6 +3,7 @@ and the gateway's simple-mode flag and forwarded headers."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import httpx
@@ -13,6 +14,7 @@ from tools.damage import damage
 
 from .helpers import decode_rgb, photo, png_of
 
+ROOT = Path(__file__).resolve().parent.parent
 DETECTION_F1_BAR = 0.45
 CLEAN_FLAGGED_BAR = 0.003
 
@@ -166,3 +168,35 @@ def test_info_lists_the_params(stack):
     names = {p["name"] for p in info["params"]}
     assert {"mode", "sensitivity", "scratches", "dust", "polarity", "method"} <= names
     assert httpx.get(stack.url("repair") + "/health").json()["status"] == "ok"
+
+
+def test_overlay_tints_exactly_the_flagged_pixels():
+    from ui.repair_review import overlay
+    rgb = np.full((40, 60, 3), 100, np.uint8)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:12, 5:50] = 255
+    tinted = np.asarray(overlay(png_of(rgb), png_of(mask)))
+    assert tinted.shape == rgb.shape
+    assert (tinted[10:12, 5:50, 0] > 200).all() and (tinted[10:12, 5:50, 1] < 100).all()
+    untouched = np.ones((40, 60), bool)
+    untouched[10:12, 5:50] = False
+    assert (tinted[untouched] == 100).all()
+
+
+def test_ui_checks_for_damage_shows_the_mask_and_can_decline(stack, monkeypatch, damaged):
+    from streamlit.testing.v1 import AppTest
+    monkeypatch.setenv("GATEWAY_URL", stack.url("gateway"))
+    app = AppTest.from_file(str(ROOT / "ui" / "app.py"), default_timeout=300)
+    app.run()
+    image, _ = damaged
+    app.file_uploader(key="upload").set_value(("damaged.png", png_of(image), "image/png"))
+    app.run()
+    app.button(key="repair_check").click().run()
+    assert not app.exception, app.exception
+    _, mask_png, decision = app.session_state["repair_mask"]
+    assert decode_rgb(mask_png).shape == image.shape[:2] and decision["mode"] == "mask_only"
+    assert any("speck" in c.value for c in app.caption)
+    assert app.toggle(key="repair_overlay").value is True
+    app.toggle(key="repair_overlay").set_value(False).run()
+    app.checkbox(key="repair_accept").uncheck().run()
+    assert not app.exception, app.exception

@@ -6,15 +6,19 @@ dust on the print; dark ones: dirt in a groove, crease shadows, dust on the nega
 1. A morphological top-hat with a disc wider than any defect (``TOPHAT_SIZE``) keeps exactly the
    structures narrower than it, with their contrast against the local background; broad shading and
    objects are gone.
-2. The threshold follows the local texture: the median top-hat of 16x16 blocks (the median ignores the thin
-   defects themselves) times ``TEXTURE_FACTOR`` plus a contrast floor, all scaled by the sensitivity. Grass
-   or hair raises the bar, a smooth sky lowers it.
-3. Lines: the top-hat, thickened by one pixel (a 1-px digital curve holds no straight digital segment),
-   opened with line segments of ``LINE_LENGTH`` px in ``ANGLES`` directions (the max over directions),
-   keeps what is long in some direction and drops specks and fine texture. Wide parts of what passes the
-   threshold are cut away, and the remaining connected components stay if they are long and thin; their
-   pixels are those of the (unthickened) top-hat above ``FOOTPRINT_FACTOR`` of the threshold.
-4. Blobs: small compact components of the top-hat above a higher threshold, away from any line.
+2. Lines: the top-hat, thickened by one pixel (a 1-px digital curve holds no straight digital segment),
+   opened with line segments of ``LINE_LENGTH`` px in ``ANGLES`` directions (the max over directions, and
+   which direction gave it), keeps what is long in some direction and drops specks and most texture. The
+   bar is a contrast floor plus ``LINE_TEXTURE_FACTOR`` times the local median of that response in 32x32
+   blocks (hair, grass, wood grain raise it; one defect stays a minority of a block). Pixels above
+   ``LINE_LOW`` of the bar, minus wide parts, are grouped by direction into connected components, which
+   are kept when thin and long enough for their strength (see ``_long_thin``). Their pixels are those
+   whose own top-hat carries at least ``FOOTPRINT_FACTOR`` of the local line response.
+3. Blobs: small compact components of the top-hat above a bar that follows the local texture (the median
+   top-hat of 16x16 blocks, spread to the neighbouring blocks, times ``TEXTURE_FACTOR`` plus a floor,
+   times ``DUST_FACTOR``), away from any line.
+
+All bars are scaled by the sensitivity (0.5 = as calibrated).
 
 ``mode=auto`` repairs what passes the thresholds; ``force`` also what passes ``CANDIDATE_FACTOR`` of them.
 """
@@ -40,11 +44,11 @@ LINE_LOW = 0.5            # line pixels: response above this share of the bar
 LINE_CONTRAST = 35.0      # 8-bit levels
 LINE_TEXTURE_FACTOR = 3.0
 LINE_LEVEL_BLOCK = 32
-FOOTPRINT_FACTOR = 0.35   # a line's pixels: its top-hat above this share of the threshold
+FOOTPRINT_FACTOR = 0.35   # a line's pixels: their top-hat above this share of the local line response
 MIN_LINE_LENGTH = 50      # px
 MAX_LINE_WIDTH = 9.0      # px: mean width (area / length) of the thickened response; wider parts are cut
-SCORE_BAR = 2.0
-WIDE_HALF_WIDTH = 6.0     # px: thicker than any thickened defect, so a merge with texture or an object
+SCORE_BAR = 2.0           # mean strength x sqrt(length / MIN_LINE_LENGTH) a line must reach
+WIDE_HALF_WIDTH = 6.0     # px: thicker than any thickened defect, so a merge with texture or an object: cut
 MAX_DUST_AREA = 110       # px
 MAX_DUST_SIDE = 13        # px
 
