@@ -86,7 +86,9 @@ _DISC = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (TOPHAT_SIZE, TOPHAT_SIZE))
 def texture_level(values: np.ndarray, block: int = LEVEL_BLOCK, spread: bool = True) -> np.ndarray:
     """Local level of ``values``: a low percentile in blocks (thin defects do not raise it), interpolated."""
     height, width = values.shape
-    rows, cols = max(1, height // block), max(1, width // block)
+    if height < block or width < block:      # a photo smaller than one block: one level for all of it
+        return np.full(values.shape, np.percentile(values, LEVEL_PERCENTILE), np.float32)
+    rows, cols = height // block, width // block
     blocks = values[:rows * block, :cols * block].reshape(rows, block, cols, block)
     flat = blocks.transpose(0, 2, 1, 3).reshape(rows, cols, -1)
     rank = int(LEVEL_PERCENTILE / 100 * (flat.shape[2] - 1))
