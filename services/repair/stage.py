@@ -81,6 +81,7 @@ def repair(picture: Picture, params: dict, ctx: StageContext) -> Picture:
     found = detect(rgb255 @ _LUMA, sensitivity=params["sensitivity"], scratches=params["scratches"],
                    dust=params["dust"], polarity=params["polarity"])
     ctx.progress(1, 3)
+    ctx.check_aborted()          # the client went away: do not start the fill
     mask = found.candidates if mode == "force" else found.mask
     if picture.alpha is not None:
         mask &= picture.alpha > 0.5          # invisible pixels are not damage
