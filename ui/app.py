@@ -21,11 +21,11 @@ if str(ROOT) not in sys.path:  # `streamlit run ui/app.py` puts only ui/ on the 
 import streamlit as st  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ui import finishing, live_preview, widgets  # noqa: E402
+from ui import finishing, live_preview, repair_review, widgets  # noqa: E402
 from ui.gateway_client import (FINAL_STATES, Gateway, GatewayError, advanced_fields, gateway_url,  # noqa: E402
                                simple_fields)
 
-SIMPLE_CHAIN = ("denoise", "deblur", "colorize", "upscale", "post-denoise", "sharpen")
+SIMPLE_CHAIN = ("repair", "denoise", "deblur", "colorize", "upscale", "post-denoise", "sharpen")
 UPSCALE_CHOICES = ("none", "x2", "x4", "enhance", "custom")
 POLL_S = 0.25
 FINISH_KEY = "finish_ctl"   # the browser finishing panel's value: the chosen settings
@@ -404,6 +404,8 @@ def main() -> None:
     if upload is not None:
         st.caption(describe_upload(upload.name, upload.getvalue()))
     fields = simple_controls(stages) if mode == "Simple" else advanced_controls(stages)
+    if mode == "Simple":
+        fields = repair_review.review(gw, upload, fields)
     busy = bool(st.session_state.get("job"))
     if st.button("Restore", key="restore", type="primary", disabled=upload is None or fields is None or busy):
         start_job(gw, upload, fields)
