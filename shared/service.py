@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from .contract import (PROCESS_TIME_HEADER, BadRequest, ImageTooLarge, InvalidParams, Param, StageContext,
                        StageError, error_body, params_schema, parse_params_json, validate_params)
 from .imaging import Picture, decode_image, encode_png, max_pixels_from_env
+from .throughput import Throughput
 
 log = logging.getLogger("restore.service")
 
@@ -55,6 +56,7 @@ def create_stage_app(stage: Stage) -> FastAPI:
     app = FastAPI(title=f"{stage.name} stage", description=stage.description)
     # CPU models use every core for one request; more at once only thrashes caches and memory.
     concurrency = asyncio.Semaphore(int(os.environ.get("STAGE_CONCURRENCY", "1")))
+    throughput = Throughput()   # recent seconds per megapixel, for the UI's time estimates
 
     @app.exception_handler(StageError)
     async def stage_error_handler(_: Request, exc: StageError):
@@ -77,7 +79,7 @@ def create_stage_app(stage: Stage) -> FastAPI:
         default = next((n for n, m in models.items() if m.get("default")), None)
         return {"stage": stage.name, "description": stage.description, "params": params_schema(stage.params),
                 "models": models, "default_model": default, "max_input_pixels": stage.input_limit(),
-                **stage.extra_info()}
+                "throughput": throughput.report(), **stage.extra_info()}
 
     @app.post("/process")
     async def process(request: Request):
@@ -89,6 +91,7 @@ def create_stage_app(stage: Stage) -> FastAPI:
         async with concurrency:
             result = await run_in_threadpool(stage.run, picture, values, ctx)
         png = await run_in_threadpool(encode_png, result)
+        throughput.record(time.perf_counter() - started, picture.width * picture.height / 1e6, params)
         headers = {PROCESS_TIME_HEADER: f"{(time.perf_counter() - started) * 1000:.1f}",
                    "X-Image-Size": f"{result.width}x{result.height}", **ctx.response_headers}
         return Response(png, media_type="image/png", headers=headers)
