@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .contract import (PROCESS_TIME_HEADER, BadRequest, ImageTooLarge, InvalidParams, Param, StageContext,
                        StageError, error_body, params_schema, parse_params_json, validate_params)
-from .imaging import Picture, decode_image, encode_png, max_pixels_from_env
+from .imaging import Picture, decode_image, encode_png, is_grayscale, max_pixels_from_env
 from .throughput import Throughput
 
 log = logging.getLogger("restore.service")
@@ -91,7 +91,8 @@ def create_stage_app(stage: Stage) -> FastAPI:
         async with concurrency:
             result = await run_in_threadpool(stage.run, picture, values, ctx)
         png = await run_in_threadpool(encode_png, result)
-        throughput.record(time.perf_counter() - started, picture.width * picture.height / 1e6, params)
+        gray = await run_in_threadpool(is_grayscale, picture.rgb)
+        throughput.record(time.perf_counter() - started, picture.pixels / 1e6, params, "gray" if gray else "color")
         headers = {PROCESS_TIME_HEADER: f"{(time.perf_counter() - started) * 1000:.1f}",
                    "X-Image-Size": f"{result.width}x{result.height}", **ctx.response_headers}
         return Response(png, media_type="image/png", headers=headers)

@@ -26,14 +26,16 @@ def test_ratio_and_fixed_cost_fit():
     assert report["seconds_per_mp_fit"] == pytest.approx(2.0)
 
 
-def test_one_size_only_counts_all_time_per_megapixel():
-    report = summarize([(1.0, 0.5), (1.2, 0.5)])
-    assert report["seconds_per_request"] == 0.0 and report["seconds_per_mp_fit"] == pytest.approx(2.2)
+def test_similar_sizes_count_all_time_per_megapixel():
+    report = summarize([(1.0, 0.5), (1.2, 0.5), (2.0, 1.2)])
+    assert report["seconds_per_request"] == 0.0 and report["seconds_per_mp_fit"] == pytest.approx(4.2 / 2.2)
 
 
-def test_noise_larger_than_the_size_effect_gives_a_constant():
-    report = summarize([(1.0, 0.1), (0.8, 0.2)])
-    assert report["seconds_per_mp_fit"] == 0.0 and report["seconds_per_request"] == pytest.approx(0.9)
+def test_the_fixed_cost_stays_below_the_fastest_request():
+    # a big photo that happened to be fast: least squares would give a negative slope
+    report = summarize([(1.0, 0.1), (0.8, 1.0)])
+    assert report["seconds_per_request"] == pytest.approx(0.8)
+    assert report["seconds_per_mp_fit"] == pytest.approx(0.2 / 1.1)
 
 
 def test_ring_buffer_and_parameter_sets_are_bounded():

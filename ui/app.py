@@ -165,12 +165,18 @@ def advanced_controls(stages: dict | None) -> tuple[dict[str, str] | None, list[
 
 # ---------------------------------------------------------------------------------------------- estimates
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def photo_kind(data: bytes) -> str | None:
+    return photos.input_kind(data)
+
+
 def photo_plan(stages: dict | None, steps, photo: photos.Photo, mode: str) -> estimate.Plan | None:
     size = photo.size
     if stages is None or size is None or not steps:
         return None
     # simple mode skips a step that is not installed; advanced mode fails there instead
-    return estimate.plan(stages, steps, size, usable_services(stages) if mode == "Simple" else None)
+    return estimate.plan(stages, steps, size, usable_services(stages) if mode == "Simple" else None,
+                         photo_kind(photo.data))
 
 
 def render_estimate(plans: list[estimate.Plan | None], count: int) -> None:

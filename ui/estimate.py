@@ -27,8 +27,34 @@ class StepEstimate:
 
 
 @dataclass
+class Overhead:
+    """What the gateway adds to the stages' own times, learned from a finished job of this server."""
+
+    per_step: float = 0.0    # seconds per step: the HTTP hop (upload, multipart parsing, download)
+    per_job: float = 0.0     # seconds outside the steps: queue pickup, calls to skipped steps, the result
+
+    @classmethod
+    def from_job(cls, status: dict, stage_times: dict | None) -> "Overhead | None":
+        """From a done job's status and its result's X-Stage-Times ({step: {gateway_ms, stage_ms}})."""
+        if status.get("state") != "done" or not status.get("finished") or not status.get("created"):
+            return None
+        hops = sorted((t["gateway_ms"] - t["stage_ms"]) / 1000 for t in (stage_times or {}).values()
+                      if t.get("stage_ms") is not None and t.get("gateway_ms") is not None)
+        in_steps = sum(d["ms"] for d in status.get("stages_done", [])) / 1000
+        return cls(per_step=max(0.0, hops[len(hops) // 2]) if hops else 0.0,
+                   per_job=max(0.0, status["finished"] - status["created"] - in_steps))
+
+    def blend(self, newer: "Overhead | None") -> "Overhead":
+        """Half the old, half the new: one slow job moves the estimate, but not all the way."""
+        if newer is None:
+            return self
+        return Overhead(0.5 * (self.per_step + newer.per_step), 0.5 * (self.per_job + newer.per_job))
+
+
+@dataclass
 class Plan:
     steps: list[StepEstimate] = field(default_factory=list)
+    extra: float = 0.0        # per-job overhead, in seconds
 
     @property
     def unknown(self) -> list[str]:
@@ -36,8 +62,8 @@ class Plan:
 
     @property
     def seconds(self) -> float:
-        """The estimated total of the steps with an estimate."""
-        return sum(s.seconds or 0.0 for s in self.steps if not s.skipped)
+        """The estimated total of the steps with an estimate, with the job's overhead."""
+        return self.extra + sum(s.seconds or 0.0 for s in self.steps if not s.skipped)
 
     def by_step(self) -> dict[str, StepEstimate]:
         return {s.step: s for s in self.steps}
@@ -88,13 +114,25 @@ def _canonical(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True)
 
 
-def step_seconds(throughput: dict | None, params: dict[str, Any], megapixels: float) -> float | None:
-    """Seconds for one step on ``megapixels`` from a stage's throughput report; None without data."""
+def _entry(throughput: dict, params: dict[str, Any], kind: str | None) -> dict:
+    """The most specific report with samples: these params and this kind of input, then this kind of input,
+    then these params, then everything."""
+    wanted = _canonical(params)
+    same_params = [e for e in throughput.get("by_params") or []
+                   if e.get("samples") and _canonical(e.get("params", {})) == wanted]
+    candidates = [e for e in same_params if kind and e.get("input") == kind]
+    candidates.append((throughput.get("by_input") or {}).get(kind) or {})
+    candidates.append(max(same_params, key=lambda e: e["samples"], default={}))
+    return next((c for c in candidates if c.get("samples")), throughput)
+
+
+def step_seconds(throughput: dict | None, params: dict[str, Any], megapixels: float,
+                 kind: str | None = None) -> float | None:
+    """Seconds for one step on ``megapixels`` of ``kind`` ("gray" / "color") input from a stage's throughput
+    report; None without data."""
     if not throughput:
         return None
-    wanted = _canonical(params)
-    entry = next((e for e in throughput.get("by_params") or [] if _canonical(e.get("params", {})) == wanted
-                  and e.get("samples")), throughput)
+    entry = _entry(throughput, params, kind)
     if not entry.get("samples"):
         return None
     if entry.get("seconds_per_mp_fit") is not None:
@@ -104,22 +142,41 @@ def step_seconds(throughput: dict | None, params: dict[str, Any], megapixels: fl
     return None
 
 
+def ran_without_model(throughput: dict | None, params: dict[str, Any], megapixels: float,
+                      kind: str | None) -> float | None:
+    wanted = _canonical(params)
+    exact = [e for e in (throughput or {}).get("by_params") or [] if e.get("samples") and kind
+             and e.get("input") == kind and _canonical(e.get("params", {})) == wanted]
+    return step_seconds(exact[0], params, megapixels) if exact else None
+
+
 def plan(stages: dict, steps: list[tuple[str, dict[str, Any]]], size: tuple[int, int],
-         usable: dict[str, bool] | None = None) -> Plan:
-    """The estimate of each step for a photo of ``size`` (width, height). ``usable``: service -> ready;
-    a step whose service is not ready is skipped (simple mode)."""
-    out = Plan()
+         usable: dict[str, bool] | None = None, kind: str | None = None,
+         overhead: Overhead | None = None) -> Plan:
+    """The estimate of each step for a photo of ``size`` (width, height) and ``kind`` ("gray" / "color").
+    ``usable``: service -> ready; a step whose service is not ready is skipped (simple mode). ``overhead``:
+    what the gateway adds, from an earlier job (none known: the stages' times alone)."""
+    overhead = overhead or Overhead()
+    out = Plan(extra=overhead.per_job)
     for step, params in steps:
         service = stages.get("steps", {}).get(step, {}).get("service", step)
         megapixels = size[0] * size[1] / 1e6
-        if usable is not None and not usable.get(service, True):
-            out.steps.append(StepEstimate(step, service, params, megapixels, 0.0, skipped=True))
-            continue
         entry = stages.get("services", {}).get(service, {})
         throughput = (entry.get("info") or {}).get("throughput")
+        if usable is not None and not usable.get(service, True):
+            # not installed, yet it may still answer some photos without its model (colorize leaves a colour
+            # photo alone): its record for exactly these params and this kind of photo says so
+            seconds = ran_without_model(throughput, params, megapixels, kind)
+            if seconds is not None:
+                seconds += overhead.per_step
+            out.steps.append(StepEstimate(step, service, params, megapixels, seconds or 0.0, skipped=seconds is None))
+            continue
+        seconds = step_seconds(throughput, params, megapixels, kind)
         out.steps.append(StepEstimate(step, service, params, megapixels,
-                                      step_seconds(throughput, params, megapixels)))
+                                      None if seconds is None else seconds + overhead.per_step))
         size = output_size(step, params, size)
+        if step == "colorize" and (params.get("mode") == "force" or kind == "gray"):
+            kind = "color"
     return out
 
 
