@@ -165,6 +165,22 @@ def advanced_controls(stages: dict | None) -> tuple[dict[str, str] | None, list[
 
 # ---------------------------------------------------------------------------------------------- estimates
 
+@st.cache_resource
+def server_overhead() -> dict[str, estimate.Overhead]:
+    """What the gateway adds to the stages' own times, learned from finished jobs (shared by all sessions:
+    it is a property of the server)."""
+    return {"value": estimate.Overhead()}
+
+
+def learn_overhead(status: dict, headers: dict[str, str]) -> None:
+    try:
+        stage_times = json.loads(headers.get("x-stage-times") or "{}")
+    except ValueError:
+        return
+    holder = server_overhead()
+    holder["value"] = holder["value"].blend(estimate.Overhead.from_job(status, stage_times))
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def photo_kind(data: bytes) -> str | None:
     return photos.input_kind(data)
@@ -176,7 +192,7 @@ def photo_plan(stages: dict | None, steps, photo: photos.Photo, mode: str) -> es
         return None
     # simple mode skips a step that is not installed; advanced mode fails there instead
     return estimate.plan(stages, steps, size, usable_services(stages) if mode == "Simple" else None,
-                         photo_kind(photo.data))
+                         photo_kind(photo.data), server_overhead()["value"])
 
 
 def render_estimate(plans: list[estimate.Plan | None], count: int) -> None:
@@ -308,6 +324,7 @@ def follow_job(gw: Gateway) -> None:
         except GatewayError as exc:
             st.session_state["job_error"] = exc
             return
+        learn_overhead(status, result.headers)
         st.session_state["result"] = {"id": job["id"], "png": result.image, "headers": result.headers,
                                       "original": job["original"], "name": job["name"], "status": status}
         st.session_state.pop("previews", None)
@@ -488,7 +505,9 @@ def batch_step(gw: Gateway, batch: dict) -> bool:
                 continue
             if item["status"]["state"] == "done":
                 try:
-                    item["png"] = gw.job_result(item["job"]).image
+                    result = gw.job_result(item["job"])
+                    item["png"] = result.image
+                    learn_overhead(item["status"], result.headers)
                 except GatewayError as exc:
                     item["error"] = {"code": exc.code, "message": exc.message, "stage": exc.stage}
             elif item["status"]["state"] == "failed":

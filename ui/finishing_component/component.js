@@ -158,8 +158,9 @@
     window.__finish.frames.push(record);
     requestAnimationFrame(() => { record.input_to_next_frame_ms = since === null ? null : performance.now() - since; });
     const [w, h] = state.fullSize;
-    const what = state.scale >= 1 && (state.imageData.width < w || state.imageData.height < h)
-      ? `a ${state.imageData.width}×${state.imageData.height} part at 100 %`
+    const part = state.imageData.width < w || state.imageData.height < h;
+    const what = state.pixels
+      ? (part ? `a ${state.imageData.width}×${state.imageData.height} part at 100 %` : "the whole photo at 100 %")
       : `preview ${state.imageData.width}×${state.imageData.height}`;
     $("caption").textContent = `Restored image ${w}×${h} px; ${what} computed in your browser in ` +
       `${state.lastComputeMs.toFixed(0)} ms. Drag across the image to compare.`;
@@ -248,6 +249,7 @@
     $("after-tag").textContent = args.after_label || "Restored";
     state.scale = args.scale;
     state.fullSize = args.full_size;
+    state.pixels = !!args.pixels;
     if (args.image_id !== state.imageId && args.image_id !== state.loading) {
       window.__finish.ready = false;
       loadImage(args).catch((err) => { $("caption").textContent = "Preview failed: " + err; });
