@@ -207,7 +207,7 @@ def render_estimate(plans: list[estimate.Plan | None], count: int) -> None:
     if unknown:
         names = ", ".join(plain.stage_name(s).lower() for s in unknown)
         text = (f"Estimated time for {what}: at least {estimate.describe_seconds(total)} "
-                f"(no estimate yet for {names}: this server has not run it since it started)")
+                f"(no estimate yet for {names}: this server has not done that since it started)")
     st.caption(text)
     st.session_state["estimate_shown"] = {"seconds": total, "unknown": unknown, "count": count}
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-PREVIEW_MAX_SIDE = 1280          # the page-wide "fit" view
-PIXEL_VIEW_SIZE = (1600, 1000)   # (width, height) of the part shown at 100 %
+PREVIEW_MAX_SIDE = 1024          # the copy finished live in the page; the "fit" view scales it to the page width
+PIXEL_VIEW_SIZE = (1280, 800)    # (width, height) of the part shown at 100 % (about as many pixels)
 DEFAULTS = {"blur_sigma": 0.0, "sharpen_amount": 0.0, "sharpen_radius": 1.0, "sharpen_threshold": 0.0}
 # Starting points for the sliders (full-size pixels). Upscaled portraits tend to look over-sharpened: a
 # little blur smooths skin and grain, and the threshold keeps the gentle sharpening off flat areas.
