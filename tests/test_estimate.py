@@ -8,10 +8,12 @@ The table goes to artifacts/ui/estimates.json.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import ARTIFACTS
 from ui import estimate, photos
@@ -37,7 +39,7 @@ def run_job(http: httpx.Client, name: str, data: bytes) -> dict:
     while time.monotonic() < deadline:
         status = http.get(f"/v1/jobs/{job_id}").json()
         if status["state"] in ("done", "failed", "cancelled"):
-            assert status["state"] == "done", status
+            assert status["state"] == "done", (name, status["error"])
             result = http.get(f"/v1/jobs/{job_id}/result")
             assert result.status_code == 200
             Calibration.overhead = Calibration.overhead.blend(
@@ -55,6 +57,9 @@ def plan_for(http: httpx.Client, photo: photos.Photo) -> estimate.Plan:
 
 
 def test_estimate_is_within_a_factor_of_1_5_of_the_real_time(stack, shared_images: Path):
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    if load > 3:     # other work on a saturated machine decides every timing, not the photo
+        pytest.skip(f"machine saturated (load {load:.1f} per core): real times measure other processes")
     http = httpx.Client(base_url=stack.url("gateway"), timeout=60)
     images = sorted(p for p in shared_images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     Calibration.overhead = estimate.Overhead()
