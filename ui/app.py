@@ -206,7 +206,8 @@ def render_estimate(plans: list[estimate.Plan | None], count: int) -> None:
     text = f"Estimated time for {what}: {estimate.describe_seconds(total)}"
     if unknown:
         names = ", ".join(plain.stage_name(s).lower() for s in unknown)
-        text = (f"Estimated time for {what}: at least {estimate.describe_seconds(total)} "
+        known_part = f"at least {estimate.describe_seconds(total)}" if total >= 1 else "not known yet"
+        text = (f"Estimated time for {what}: {known_part} "
                 f"(no estimate yet for {names}: this server has not done that since it started)")
     st.caption(text)
     st.session_state["estimate_shown"] = {"seconds": total, "unknown": unknown, "count": count}
