@@ -295,7 +295,7 @@ def speed(args) -> None:
     header = f"{'model / configuration':52s} {'s/MP':>8s} {'speed-up':>8s} {'pixels':>7s} {'peak RSS':>9s} {'PSNR vs fp32':>13s}"
     print(header)
     tmp = Path(tempfile.mkdtemp())
-    for name in (MOBILENET, INCEPTION):
+    for name in () if args.maxim_only else (MOBILENET, INCEPTION):
         t = TILING[name]
         r = run_worker({"model": name, "threads": threads, "size": size, "repeats": args.repeats})
         label = f"{name} {size}px (tile {t['tile']}{'' if name in names else ', random weights'})"
@@ -344,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--no-fixture", action="store_true")
     parser.add_argument("--no-2mp", action="store_true", help="skip the 2 MP MAXIM run")
+    parser.add_argument("--maxim-only", action="store_true", help="speed: MAXIM rows only")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

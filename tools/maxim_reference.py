@@ -53,6 +53,9 @@ class OrtMaxim:
         options.intra_op_num_threads = threads or int(os.environ.get("DEBLUR_THREADS", os.cpu_count() or 1))
         options.inter_op_num_threads = 1
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, optimization)
+        # Idle worker threads sleep instead of spinning (as torch's do with OMP_WAIT_POLICY=PASSIVE): on a
+        # shared, loaded machine spinning threads steal the cores the working ones need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 

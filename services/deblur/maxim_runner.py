@@ -149,7 +149,10 @@ class MaximRunner:
 
     def __init__(self, model, device: str = "cpu", precision: str | None = None,
                  max_window_pixels: int | None = None):
-        self.model = model
+        import torch
+
+        # The network keeps activations NHWC; convolution weights in channels_last match them (no reorder).
+        self.model = model.to(memory_format=torch.channels_last)
         self.device = device
         self.precision = precision or choose_precision(device)
         if max_window_pixels is None:

@@ -2,7 +2,8 @@
 
 Tensors flow in NHWC (batch, height, width, channels): the network is mostly per-pixel dense layers, layer
 norms and token-mixing matmuls over the channel-last layout; convolutions see the same memory as
-channels_last NCHW through a free ``permute``. Module and attribute names mirror the Flax parameter tree
+channels_last NCHW through a free ``permute``; 1x1 convolutions and the 2x2 stride-2 transposed convolutions
+are dense layers over the channels. Module and attribute names mirror the Flax parameter tree
 (``stage_0_encoder_block_0.SplitHeadMultiAxisGmlpLayer_0.in_project`` ...), so the weights in the TF.js
 export map onto this state dict by name (see ``services/deblur/maxim_weights.py``).
 
@@ -108,8 +109,8 @@ def linear_of_concat(parts: list[torch.Tensor], dense: nn.Linear) -> torch.Tenso
         if out is None:
             out = F.linear(part, weight, dense.bias)
         else:
-            flat = out.view(-1, out.shape[-1])
-            flat.addmm_(part.reshape(-1, part.shape[-1]), weight.t().to(part.dtype))
+            flat = out.view(-1, out.shape[-1])  # in place: autocast does not cast, so match dtypes here
+            flat.addmm_(part.reshape(-1, part.shape[-1]).to(out.dtype), weight.t().to(out.dtype))
         start = stop
     assert out is not None
     return out
