@@ -253,7 +253,7 @@ def speed_worker(spec: dict) -> None:
             model = m.load_deblurgan(name, store.path_for(m.MODEL_FILES[name]))
         else:  # random weights: the same arithmetic, so the same speed
             model = m.build_generator(name).eval()
-        runner = m.DeblurGANRunner(model, "cpu", min_size=128 if name == m.INCEPTION else 64)
+        runner = m.deblurgan_model(name, model)
         from services.deblur.stage import tiling_for
         run = lambda image: deblur_array(image, runner, **tiling_for(name, *image.shape[:2]))  # noqa: E731
     times = []

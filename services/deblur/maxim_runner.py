@@ -1,7 +1,8 @@
 """Running MAXIM-3S on photos of any size: precision choice, tile geometry, padding, cross-fades.
 
-Self-contained (the network, its weights file and this runner) so that the stage only calls
-``MaximRunner.deblur(rgb, progress)``.
+The runner is the model layer's ``LoadedModel`` for MAXIM (``runner(tile, ctx)`` pads to 64-multiples, runs,
+crops); the stage calls ``runner.deblur(rgb, ctx=...)``, which plans the windows itself. An abort is checked
+before every window and between the network's blocks.
 
 Tile geometry: MAXIM needs sides that are multiples of 64 and its memory grows with the pixels of one run,
 so a photo that does not fit the budget is split evenly into the fewest windows that do. Windows are
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from shared.model_layer import LoadedModel
 
 log = logging.getLogger("restore.deblur")
 
@@ -156,73 +159,70 @@ def _fade_weights(plan: AxisPlan, index: int) -> tuple[int, int, np.ndarray]:
 # ------------------------------------------------------------------------------------------ runner
 
 
-class MaximRunner:
+class MaximRunner(LoadedModel):
     """MAXIM-3S on one device with one precision; shared read-only between requests."""
 
     def __init__(self, model, device: str = "cpu", precision: str | None = None,
-                 max_window_pixels: int | None = None):
+                 max_window_pixels: int | None = None, spec=None):
         import torch
 
+        if spec is None:
+            from .models import MAXIM_SPEC as spec
+        super().__init__(spec, device, precision or choose_precision(device))
         limit_heap_growth()
         # The network keeps activations NHWC; convolution weights in channels_last match them (no reorder).
         self.model = model.to(memory_format=torch.channels_last)
-        self.device = device
-        self.precision = precision or choose_precision(device)
         if max_window_pixels is None:
             max_window_pixels = int(os.environ.get("DEBLUR_MAX_WINDOW_PIXELS", 0)) or int(
                 DEFAULT_MAX_WINDOW_PIXELS * (FP32_WINDOW_FACTOR if self.precision == "fp32" else 1.0))
         self.max_window_pixels = max_window_pixels
 
-    def network(self, batch: np.ndarray) -> np.ndarray:
+    def network(self, batch: np.ndarray, ctx=None) -> np.ndarray:
         """The raw network on an N x H x W x 3 float32 batch (sides multiples of 64)."""
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        check = ctx.check_aborted if ctx is not None else None
         with torch.inference_mode(), torch.autocast(device_type, dtype=dtype or torch.float32,
                                                     enabled=dtype is not None):
-            out = self.model(x)
+            out = self.model(x, check=check)
         return out.float().cpu().numpy()
 
-    def window(self, rgb: np.ndarray) -> np.ndarray:
-        """One run on an H x W x 3 [0, 1] window of any size (reflect-padded to multiples of 64, cropped)."""
-        height, width = rgb.shape[:2]
-        pad_h, pad_w = (-height) % MULTIPLE, (-width) % MULTIPLE
-        x = rgb
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < height and pad_w < width else "symmetric"
-            x = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
-            while x.shape[0] < height + pad_h or x.shape[1] < width + pad_w:  # tiny inputs: repeat the mirror
-                x = np.pad(x, ((0, max(0, height + pad_h - x.shape[0])), (0, max(0, width + pad_w - x.shape[1])),
-                               (0, 0)), mode="symmetric")
-        return np.clip(self.network(x[None])[0, :height, :width], 0.0, 1.0)
+    def forward(self, image: np.ndarray, ctx=None) -> np.ndarray:
+        """LoadedModel: one padded H x W x 3 window (sides multiples of 64)."""
+        return self.network(image[None], ctx)[0]
 
-    __call__ = window
+    def window(self, rgb: np.ndarray, ctx=None) -> np.ndarray:
+        """One run on an H x W x 3 [0, 1] window of any size (padded to multiples of 64, cropped)."""
+        return self(rgb, ctx)
 
     def plan(self, height: int, width: int) -> TilePlan:
         return plan_tiles(height, width, self.max_window_pixels)
 
-    def deblur(self, rgb: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Deblur an H x W x 3 float32 [0, 1] photo of any size, tiled to fit the memory budget."""
+    def deblur(self, rgb: np.ndarray, progress: Callable[[int, int], None] | None = None, ctx=None) -> np.ndarray:
+        """Deblur an H x W x 3 float32 [0, 1] photo of any size, tiled to fit the memory budget; ``ctx``
+        (optional) is asked ``check_aborted()`` before and during every window, told ``set_progress`` after."""
         height, width = rgb.shape[:2]
         plan = self.plan(height, width)
-        if plan.count == 1:
-            out = self.window(rgb)
-            if progress:
-                progress(1, 1)
-            return out
-        output = np.zeros_like(rgb, dtype=np.float32)
+        output = None if plan.count == 1 else np.zeros_like(rgb, dtype=np.float32)
         done = 0
         for iy in range(len(plan.ys.starts)):
             y0, y1, wy = _fade_weights(plan.ys, iy)
             for ix in range(len(plan.xs.starts)):
                 x0, x1, wx = _fade_weights(plan.xs, ix)
-                result = self.window(rgb[y0:y1, x0:x1])
-                output[y0:y1, x0:x1] += result * (wy[:, None, None] * wx[None, :, None])
+                result = self.window(rgb[y0:y1, x0:x1], ctx)
+                if output is None:
+                    output = result
+                else:
+                    output[y0:y1, x0:x1] += result * (wy[:, None, None] * wx[None, :, None])
                 done += 1
                 if progress:
                     progress(done, plan.count)
+                if ctx is not None:
+                    ctx.set_progress(done / plan.count)
+        assert output is not None
         return output
 
 

@@ -13,27 +13,23 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
-from shared.contract import ModelUnavailable
-from shared.model_store import LoadedModels, ModelFile, ModelStore, sha256_of
-from shared.torch_weights import load_strict, read_state_dict, select_torch_device
+from shared.model_layer import LoadedModel, ModelRegistry, ModelSpec, SizeRequirements, TileSpec
+from shared.model_store import ModelFile, ModelStore, sha256_of
+from shared.torch_weights import load_strict, read_state_dict
 
 log = logging.getLogger("restore.deblur")
 
 STAGE = "deblur"
-ROOT = Path(__file__).resolve().parents[2]
 FETCH = "python -m services.deblur.fetch"
 
 MOBILENET, INCEPTION, MAXIM = "deblurgan-v2-mobilenet", "deblurgan-v2-inception", "maxim-3s-gopro"
@@ -149,68 +145,58 @@ def load_deblurgan(name: str, path: Path):
     return load_strict(build_generator(name), read_state_dict(path))
 
 
-@dataclass
-class DeblurGANRunner:
-    """One shared, read-only generator; ``__call__`` maps an H x W x 3 [0, 1] image to the same shape."""
+def deblurgan_model(name: str, generator, device: str = "cpu", precision: str = "fp32") -> LoadedModel:
+    """A DeblurGAN-v2 generator as the stage runs it."""
+    from shared.torch_model import TorchModel
 
-    model: object
-    device: str
-    multiple: int = 32
-    min_size: int = 64  # 1/32-scale maps must have more than one pixel (train-mode BatchNorm)
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        import torch
-
-        height, width = rgb.shape[:2]
-        pad_h = max(-(-height // self.multiple) * self.multiple, self.min_size) - height
-        pad_w = max(-(-width // self.multiple) * self.multiple, self.min_size) - width
-        # official predictor: [-1, 1], zero padding (mid grey) at the bottom/right, crop afterwards
-        x = np.pad(rgb * 2.0 - 1.0, ((0, pad_h), (0, pad_w), (0, 0)))
-        tensor = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32))
-        with torch.inference_mode():
-            tensor = tensor.to(self.device)
-            if self.device == "cuda":
-                out = self.model(tensor.half()).float()
-            else:
-                out = self.model(tensor)
-        out = out[0, :, :height, :width].cpu().numpy().transpose(1, 2, 0)
-        return np.clip((out + 1.0) * 0.5, 0.0, 1.0).astype(np.float32)
+    # official predictor: [-1, 1] in and out; its zero padding (mid grey) is the spec's pad_value 0.5
+    return TorchModel(SPECS_BY_NAME[name], generator, device, precision, value_range=(-1.0, 1.0))
 
 
-# ---------------------------------------------------------------- registry
+def _load_deblurgan_model(spec: ModelSpec, paths: tuple[Path, ...], device: str, precision: str) -> LoadedModel:
+    return deblurgan_model(spec.name, load_deblurgan(spec.name, paths[0]), device, precision)
 
 
-class DeblurModels(LoadedModels):
-    """The deblur models, each loaded once on first use and shared read-only between requests."""
+def _load_maxim(spec: ModelSpec, paths: tuple[Path, ...], device: str, precision: str) -> LoadedModel:
+    from .maxim_runner import MaximRunner, load_maxim
+    return MaximRunner(load_maxim(paths[0], MAXIM_STATE_DIGEST).to(device), device, precision, spec=spec)
+
+
+# ---------------------------------------------------------------- specs and registry
+
+# Tile geometry of the DeblurGAN-v2 models (input pixels): tile + 2 * context is a multiple of 32, so
+# interior tiles need no padding. MAXIM plans its own windows (maxim_runner.plan_tiles: the fewest
+# 64-multiples that fit its memory budget), so its spec's tiling is "whole image" and the stage asks the
+# runner to deblur the photo.
+MAXIM_SPEC = ModelSpec(
+    name=MAXIM, description=MODEL_FILES[MAXIM].description, license=MODEL_FILES[MAXIM].license,
+    files=(MODEL_FILES[MAXIM],), load=_load_maxim, fetch_command=MODEL_FILES[MAXIM].fetch_command,
+    size=SizeRequirements(multiple_of=64), precisions=("fp32", "bf16", "fp16"), cpu_precision="bf16",
+    extra={"windows": "fewest 64-multiple windows within DEBLUR_MAX_WINDOW_PIXELS"})
+SPECS = (
+    ModelSpec(name=MOBILENET, description=MODEL_FILES[MOBILENET].description, license=MODEL_FILES[MOBILENET].license,
+              files=(MODEL_FILES[MOBILENET],), load=_load_deblurgan_model,
+              fetch_command=MODEL_FILES[MOBILENET].fetch_command, precisions=("fp32", "fp16"),
+              # 1/32-scale maps must have more than one pixel (train-mode BatchNorm)
+              size=SizeRequirements(minimum=64, multiple_of=32), tiling=TileSpec(448, 32, 32),
+              pad_mode="constant", pad_value=0.5),
+    ModelSpec(name=INCEPTION, description=MODEL_FILES[INCEPTION].description, license=MODEL_FILES[INCEPTION].license,
+              files=(MODEL_FILES[INCEPTION],), load=_load_deblurgan_model,
+              fetch_command=MODEL_FILES[INCEPTION].fetch_command, precisions=("fp32", "fp16"),
+              size=SizeRequirements(minimum=128, multiple_of=32), tiling=TileSpec(448, 32, 32),
+              pad_mode="constant", pad_value=0.5),
+    MAXIM_SPEC,
+)
+SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
+
+
+class DeblurModels(ModelRegistry):
+    """The deblur models, each loaded once on first use and shared read-only between requests.
+
+    ``get(name)`` -> (resolved name, model); None = the default (env DEBLUR_DEFAULT_MODEL, else PREFERENCE)."""
 
     def __init__(self, store: ModelStore | None = None):
-        super().__init__(MODEL_FILES, self._load_runner, stage=STAGE, store=store)
+        super().__init__(STAGE, SPECS, store=store, preference=PREFERENCE)
 
-    def default_name(self) -> str | None:
-        wanted = os.environ.get("DEBLUR_DEFAULT_MODEL")
-        if wanted in MODEL_FILES and self.available(wanted):
-            return wanted
-        return next((name for name in PREFERENCE if self.available(name)), None)
-
-    def status(self) -> dict[str, dict]:  # type: ignore[override]
-        return super().status(self.default_name())
-
-    def get(self, name: str | None):
-        name = name or self.default_name()
-        if name is None:
-            raise ModelUnavailable(MAXIM, MODEL_FILES[MAXIM].fetch_command, stage=STAGE,
-                                   reason="no deblur model is installed")
-        return name, self.load(name)
-
-    @staticmethod
-    def _load_runner(name: str, path: Path):
-        device = select_torch_device()
-        if device == "cpu" and os.environ.get("DEBLUR_THREADS"):
-            import torch
-            torch.set_num_threads(int(os.environ["DEBLUR_THREADS"]))
-        if name == MAXIM:
-            from .maxim_runner import MaximRunner, load_maxim
-            return MaximRunner(load_maxim(path, MAXIM_STATE_DIGEST).to(device), device)
-        model = load_deblurgan(name, path)
-        model = model.to(device).half() if device == "cuda" else model
-        return DeblurGANRunner(model, device, min_size=128 if name == INCEPTION else 64)
+    def get(self, name: str | None) -> tuple[str, LoadedModel]:
+        return self.pick(name)

@@ -15,6 +15,8 @@ Input H and W must be multiples of 64; only the final full-resolution output is 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -421,7 +423,9 @@ class MAXIM3S(nn.Module):
                     setattr(self, f"stage_{s}_supervised_attention_module_{i}", SAM(f << i))
         setattr(self, f"stage_{NUM_STAGES - 1}_output_conv_0", Conv(f, 3, 3))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, check: Callable[[], None] | None = None) -> torch.Tensor:
+        """``check`` (optional) is called between blocks; it may raise to stop the run (request aborted)."""
+        check = check or (lambda: None)
         n, h, w, _ = x.shape
         if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
             raise ValueError(f"MAXIM input sides must be multiples of {SIZE_MULTIPLE}, got {h}x{w}")
@@ -443,10 +447,12 @@ class MAXIM3S(nn.Module):
             for i in range(DEPTH):
                 enc_prev = encs_prev.pop() if s > 0 else None
                 dec_prev = decs_prev.pop() if s > 0 else None
+                check()
                 y, bridge = getattr(self, f"stage_{s}_encoder_block_{i}")(y, skip=x_scales[i], enc=enc_prev,
                                                                          dec=dec_prev)
                 encs.append(bridge)
             for i in range(NUM_BOTTLENECK_BLOCKS):
+                check()
                 y = getattr(self, f"stage_{s}_global_block_{i}")(y)
             global_feature = y
             skip_features = []
@@ -455,6 +461,7 @@ class MAXIM3S(nn.Module):
                 for enc in encs:
                     signal.append(getattr(self, f"UpSampleRatio_{upsample_index}")(enc))
                     upsample_index += 1
+                check()
                 skips, global_feature = getattr(self, f"stage_{s}_cross_gating_block_{i}")(
                     torch.cat(signal, dim=-1), global_feature)
                 skip_features.append(skips)
@@ -466,6 +473,7 @@ class MAXIM3S(nn.Module):
                 for skip in skip_features:
                     signal.append(getattr(self, f"UpSampleRatio_{upsample_index}")(skip))
                     upsample_index += 1
+                check()
                 y = getattr(self, f"stage_{s}_decoder_block_{i}")(y, bridge=torch.cat(signal, dim=-1))
                 decs.append(y)
                 if s < NUM_STAGES - 1:
