@@ -15,6 +15,7 @@ Input H and W must be multiples of 64; only the final full-resolution output is 
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import torch
@@ -30,6 +31,17 @@ HIGH_RES_STAGES = 2
 BLOCK_HR, GRID_HR, BLOCK_LR = 16, 16, 8
 LN_EPS = 1e-6
 SIZE_MULTIPLE = 64
+
+
+# The abort check of the run in progress on this thread (the model is shared between request threads).
+_run_state = threading.local()
+
+
+def poll_abort() -> None:
+    """Called at the start of every mixing layer: a long window stops within a fraction of a second."""
+    check = getattr(_run_state, "check", None)
+    if check is not None:
+        check()
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -199,6 +211,7 @@ class MultiAxisGmlpLayer(nn.Module):
         self.out_project = nn.Linear(channels * 2, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        poll_abort()
         y = self.LayerNorm_in(x)
         half = self.in_project.out_features // 2
         u = self.GridGmlpLayer(gelu(linear_rows(y, self.in_project, 0, half)))
@@ -424,8 +437,14 @@ class MAXIM3S(nn.Module):
         setattr(self, f"stage_{NUM_STAGES - 1}_output_conv_0", Conv(f, 3, 3))
 
     def forward(self, x: torch.Tensor, check: Callable[[], None] | None = None) -> torch.Tensor:
-        """``check`` (optional) is called between blocks; it may raise to stop the run (request aborted)."""
-        check = check or (lambda: None)
+        """``check`` (optional) is called between blocks and layers; it may raise to stop the run."""
+        _run_state.check = check
+        try:
+            return self._forward(x, check or (lambda: None))
+        finally:
+            _run_state.check = None
+
+    def _forward(self, x: torch.Tensor, check: Callable[[], None]) -> torch.Tensor:
         n, h, w, _ = x.shape
         if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
             raise ValueError(f"MAXIM input sides must be multiples of {SIZE_MULTIPLE}, got {h}x{w}")
