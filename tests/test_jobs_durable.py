@@ -46,13 +46,18 @@ def denoise_chain(count: int) -> list[dict]:
 class Cluster:
     """Its own redis-server plus API and worker processes started on demand, over the stack's stages."""
 
-    def __init__(self, stack, **job_env: str):
+    def __init__(self, stack, sqlite_path=None, **job_env: str):
         self.stack = stack
-        self.redis = RedisServer(stack.log_dir)
+        self.redis = None if sqlite_path else RedisServer(stack.log_dir)
         self.env = base_env()
         for name in STAGES:
             self.env[f"{name.upper()}_URL"] = stack.url(name)
-        self.env.update(REDIS_URL=self.redis.url, JOBS_STALE_AFTER_S="3", JOBS_REAP_INTERVAL_S="0.5",
+        self.env.pop("REDIS_URL", None)
+        if sqlite_path:
+            self.env["JOBS_SQLITE_PATH"] = str(sqlite_path)
+        else:
+            self.env["REDIS_URL"] = self.redis.url
+        self.env.update(JOBS_STALE_AFTER_S="3", JOBS_REAP_INTERVAL_S="0.5",
                         JOBS_HEARTBEAT_S="0.3", STAGE_TIMEOUT_S="300")
         self.env.update(job_env)
         self.processes: list[Process] = []
@@ -76,15 +81,16 @@ class Cluster:
     def close(self) -> None:
         for process in self.processes:
             process.stop()
-        self.redis.stop()
+        if self.redis is not None:
+            self.redis.stop()
 
 
 @pytest.fixture
 def cluster(stack):
     made = []
 
-    def make(**job_env: str) -> Cluster:
-        made.append(Cluster(stack, **job_env))
+    def make(sqlite_path=None, **job_env: str) -> Cluster:
+        made.append(Cluster(stack, sqlite_path, **job_env))
         return made[-1]
 
     yield make
@@ -186,6 +192,25 @@ def test_cancel_a_running_job_through_another_api_process(cluster, noisy_png):
     small = post_job(api_b.url, png_of(photo("coffee")[:48, :48]), mode="advanced", stages=denoise_chain(1))
     small_id = small.json()["id"]
     assert wait_for(lambda: status(api_a.url, small_id)["state"] in FINAL and status(api_a.url, small_id),
+                    timeout=120)["state"] == "done"
+
+
+def test_embedded_sqlite_backend_without_redis_keeps_jobs_across_a_restart(cluster, tmp_path):
+    jobs = cluster(sqlite_path=tmp_path / "jobs.sqlite3")
+    api, worker = jobs.api(), jobs.worker()
+    tiny = png_of(photo("coffee")[:48, :48])
+    job_id = post_job(api.url, tiny, mode="advanced", stages=denoise_chain(1)).json()["id"]
+    assert wait_for(lambda: status(api.url, job_id)["state"] in FINAL and status(api.url, job_id),
+                    timeout=120)["state"] == "done"
+    worker.stop()
+    queued_id = post_job(api.url, tiny, mode="advanced", stages=denoise_chain(1)).json()["id"]
+    api.stop()
+    api.start(jobs.stack.log_dir)  # a new API process on the same file sees both jobs
+    api.wait_ready()
+    assert status(api.url, job_id)["state"] == "done" and status(api.url, queued_id)["state"] == "queued"
+    assert httpx.get(f"{api.url}/v1/jobs/{job_id}/result").status_code == 200
+    jobs.worker()
+    assert wait_for(lambda: status(api.url, queued_id)["state"] in FINAL and status(api.url, queued_id),
                     timeout=120)["state"] == "done"
 
 
