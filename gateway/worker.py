@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -244,6 +245,9 @@ def reaper_loop(store: JobStore, settings: JobSettings, stop: threading.Event) -
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--ping"]:  # readiness probe: the job store answers
+        JobStore(JobSettings()).ping()
+        return
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
     settings = JobSettings()
     store = JobStore(settings)
