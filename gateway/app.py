@@ -172,9 +172,17 @@ async def health(request: Request):
         except StageError:
             return "down"
 
+    async def job_store() -> dict:
+        jobs = request.app.state.jobs
+        try:
+            await run_in_threadpool(jobs.store.ping)
+            return {"backend": jobs.settings.backend, "reachable": True}
+        except Exception as exc:  # the API still serves synchronous chains without its job store
+            return {"backend": jobs.settings.backend, "reachable": False, "error": type(exc).__name__}
+
     names = list(request.app.state.settings.service_urls)
     statuses = dict(zip(names, await asyncio.gather(*(status(n) for n in names))))
-    return {"status": "ok", "stages": statuses}
+    return {"status": "ok", "stages": statuses, "jobs": await job_store()}
 
 
 @app.post("/v1/jobs", status_code=202)
