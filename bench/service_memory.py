@@ -1,7 +1,7 @@
 """Peak memory and CPU time of each service under a typical request: the figures behind deploy/k8s requests/limits.
 
 Each stage starts alone as a real uvicorn process on a free loopback port, serves one typical request
-(a ~1 MP photo; upscale x2 on 512x512) and reports its peak resident set (VmHWM) and the CPU seconds the
+(a ~1 MP photo; upscale x2 on 256x256: one 256-px tile of its default model) and reports its peak resident set (VmHWM) and the CPU seconds the
 request took. A stage whose weights are not installed answers 503 and is reported as such.
 
     python -m bench.service_memory [--only denoise,upscale]
@@ -29,7 +29,7 @@ TYPICAL = {
     "denoise": ({}, 1200),
     "deblur": ({}, 512),
     "colorize": ({"mode": "force"}, 1200),
-    "upscale": ({"scale": 2}, 512),
+    "upscale": ({"scale": 2}, 256),
     "postprocess": ({"blur_sigma": 0.5, "sharpen_amount": 0.8}, 1200),
 }
 
