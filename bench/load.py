@@ -85,6 +85,13 @@ class Procs:
                 proc.kill()
 
 
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def run_jobs(api: str, count: int, timeout: float) -> tuple[list[float], int, float]:
     """Latencies of finished jobs, how many ended done, and the makespan."""
     started = time.perf_counter()
@@ -147,13 +154,16 @@ def main() -> None:
                                 for i in range(workers)]
                 time.sleep(1.0)
                 latencies, done, makespan = run_jobs(api, args.jobs, args.timeout)
+                peaks = [peak_rss_mib(p.pid) for p in [api_proc] + worker_procs]
                 Procs.stop(worker_procs + [api_proc])
                 throughput = done / makespan * 60
                 baseline = baseline or throughput
                 ordered = sorted(latencies)
                 p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
                 print(f"{workers:>7d} {replicas:>8d} {throughput:>9.1f} {throughput / baseline:>6.2f} "
-                      f"{statistics.median(latencies):>7.1f} {p95:>7.1f} {done:>3d}/{args.jobs:<2d}", flush=True)
+                      f"{statistics.median(latencies):>7.1f} {p95:>7.1f} {done:>3d}/{args.jobs:<2d}"
+                      f"   peak RSS MiB: API {peaks[0]:.0f}, workers {', '.join(f'{p:.0f}' for p in peaks[1:])}",
+                      flush=True)
                 if done != args.jobs:
                     print(f"  not every job finished; logs in {log_dir}")
     finally:

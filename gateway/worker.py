@@ -249,6 +249,7 @@ def main() -> None:
         JobStore(JobSettings()).ping()
         return
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per stage call and progress poll
     settings = JobSettings()
     store = JobStore(settings)
     loop = asyncio.new_event_loop()

@@ -216,14 +216,14 @@ def test_embedded_sqlite_backend_without_redis_keeps_jobs_across_a_restart(clust
 
 # --- stage side: progress and abort (X-Request-Id, GET /progress/{id}, abort on disconnect) ---------------
 def x4plus_job_fields(tile: int) -> dict:
-    return {"mode": "advanced", "stages": [{"stage": "upscale", "params": {"model": "x4plus", "scale": 4,
+    return {"mode": "advanced", "stages": [{"stage": "upscale", "params": {"model": "RealESRGAN_x4plus", "scale": 4,
                                                                               "tile": tile}}]}
 
 
 @NEEDS_STAGE_SIDE
 def test_stage_progress_rises_during_a_tiled_stage(stack):
     gateway = stack.url("gateway")
-    created = post_job(gateway, png_of(photo("coffee")[:192, :192]), **x4plus_job_fields(48))
+    created = post_job(gateway, png_of(photo("coffee")[:128, :128]), **x4plus_job_fields(48))
     job_id = created.json()["id"]
     seen: list[float] = []
 
@@ -250,5 +250,5 @@ def test_delete_of_a_running_job_leaves_the_stage_idle_within_2_s(stack):
     assert sum(stage.cpu_times()[:2]) - before < 0.2, "the stage kept computing after the job was cancelled"
     started = time.monotonic()
     small = httpx.post(stack.url("upscale") + "/process", files={"image": ("a.png", png_of(photo("coffee")[:16, :16]))},
-                       data={"params": json.dumps({"model": "x4plus", "scale": 2})}, timeout=120)
+                       data={"params": json.dumps({"model": "RealESRGAN_x4plus", "scale": 2})}, timeout=120)
     assert small.status_code == 200 and time.monotonic() - started < 30
