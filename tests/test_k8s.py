@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -44,7 +45,6 @@ def containers(deployment: dict) -> list[dict]:
 
 
 def test_every_object_validates_against_the_kubernetes_schemas(rendered):
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
     version = kubernetes_validate.latest_version()
     for doc in rendered:
         kubernetes_validate.validate(doc, version, strict=True)
