@@ -141,6 +141,9 @@ class JobStore:
     def claim(self, job_id: str, attempt: int, worker: str) -> bool:
         return self.kv.put_if_empty(f"claim:{job_id}:{attempt}", worker.encode())
 
+    def is_claimed(self, job_id: str, attempt: int) -> bool:
+        return self.kv.has_data_for_key(f"claim:{job_id}:{attempt}")
+
     # --- images ------------------------------------------------------------------------------------------
     def put_image(self, job_id: str, data: bytes) -> None:
         self.blobs.storage.put_data(f"img:{job_id}", data)

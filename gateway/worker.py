@@ -75,6 +75,9 @@ class Runner:
         store = self.store
         if not await asyncio.to_thread(store.claim, job_id, attempt, self.name):
             return  # a duplicate message of an attempt that another worker runs
+        # From the claim on, the reaper judges this attempt by its heartbeat, as if it were running.
+        await asyncio.to_thread(store.put_heartbeat, job_id,
+                                {"attempt": attempt, "worker": self.name, "time": time.time(), "stage_progress": None})
         record = await asyncio.to_thread(self._owns, job_id, attempt)
         if record is None or record["state"] not in ACTIVE_STATES:
             return
@@ -193,7 +196,7 @@ def requeue(store: JobStore, record: dict, *, lost: bool) -> None:
 def reap(store: JobStore, settings: JobSettings) -> dict[str, int]:
     """One pass over every job record; safe to run in several workers at once (attempt tokens and claims)."""
     now = time.time()
-    counts = {"requeued": 0, "failed": 0, "cancelled": 0, "expired": 0, "re-enqueued": 0}
+    counts = {"requeued": 0, "failed": 0, "cancelled": 0, "expired": 0}
     pending = None
     for record in store.records():
         job_id = record["id"]
@@ -207,7 +210,8 @@ def reap(store: JobStore, settings: JobSettings) -> dict[str, int]:
                 store.delete_job(job_id)
                 counts["expired"] += 1
             continue
-        if record["state"] == "running":
+        claimed = record["state"] == "running" or store.is_claimed(job_id, record["attempt"])
+        if claimed:
             beat = store.heartbeat(job_id)
             last = beat["time"] if beat and beat.get("attempt") == record["attempt"] else record["started"] or 0
             if now - last <= settings.stale_after:
@@ -226,13 +230,14 @@ def reap(store: JobStore, settings: JobSettings) -> dict[str, int]:
                 log.warning("job %s: worker lost during stage %s; queued again", job_id, record["stage"])
                 requeue(store, record, lost=True)
                 counts["requeued"] += 1
-        elif record["state"] == "queued" and now - record["queued_at"] > settings.stale_after:
-            # An API process that died between writing the record and enqueueing it leaves no message.
+        elif now - record["queued_at"] > settings.result_ttl:
+            # Queued, unclaimed, for longer than a result lives: an API process died between writing the record
+            # and enqueueing it (its client never got the id), or the queue was flushed. Nobody can want it.
             if pending is None:
                 pending = set(store.pending())
             if (job_id, record["attempt"]) not in pending:
-                requeue(store, record, lost=False)  # a new attempt: the old one may hold a claim
-                counts["re-enqueued"] += 1
+                store.delete_job(job_id)
+                counts["expired"] += 1
     return counts
 
 
