@@ -31,6 +31,7 @@ TYPICAL = {
     "colorize": ({"mode": "force"}, 1200),
     "upscale": ({"scale": 2}, 256),
     "postprocess": ({"blur_sigma": 0.5, "sharpen_amount": 0.8}, 1200),
+    "repair": ({}, 1200),
 }
 
 

@@ -68,7 +68,8 @@ def commands() -> dict[str, tuple[list[str], str | None]]:
     if (ROOT / "ui" / "app.py").exists():
         out["ui"] = ([sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"),
                       "--server.port", str(port_of("ui")), "--server.address", HOST,
-                      "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                      "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                      "--client.toolbarMode", "minimal"],
                      f"http://{HOST}:{port_of('ui')}/_stcore/health")
     return out
 

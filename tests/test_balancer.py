@@ -13,7 +13,7 @@ import pytest
 
 from gateway.balancer import ReplicaSet, resolve
 
-from .conftest import Process, base_env, free_port
+from .conftest import STAGE_APPS, Process, base_env, free_port
 from .helpers import photo, png_of
 
 REPLICAS = 3
@@ -39,7 +39,7 @@ def replicated(stack, tmp_path):
     replicas = [access_log_process(f"postprocess-replica-{i}-{time.monotonic_ns()}", free_port(), env)
                 for i in range(REPLICAS)]
     gateway_env = dict(env)
-    for name in ("denoise", "deblur", "colorize", "upscale"):
+    for name in (s for s in STAGE_APPS if s != "postprocess"):
         gateway_env[f"{name.upper()}_URL"] = stack.url(name)
     gateway_env["POSTPROCESS_URL"] = ",".join(r.url for r in replicas)
     gateway_env.update(REDIS_URL=stack.redis_url, JOBS_QUEUE_NAME="balancer", STAGE_CONNECT_TIMEOUT_S="2")

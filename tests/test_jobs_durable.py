@@ -12,10 +12,10 @@ import numpy as np
 import psutil
 import pytest
 
-from .conftest import Process, RedisServer, base_env, free_port, worker_process
+from .conftest import STAGE_APPS, Process, RedisServer, base_env, free_port, worker_process
 from .helpers import decode_rgb, noisy, photo, png_of
 
-STAGES = ("denoise", "deblur", "colorize", "upscale", "postprocess")
+STAGES = tuple(STAGE_APPS)
 FINAL = ("done", "failed", "cancelled")
 NEEDS_STAGE_SIDE = pytest.mark.skip(reason="needs stage-side progress/abort (modellayer branch)")
 
