@@ -154,22 +154,34 @@ async def build_advanced_steps(client: StageClient, chain: list[tuple[str, dict]
 
 
 ProgressHook = Callable[[str, int, int], Awaitable[None]]
+StepDoneHook = Callable[[int, ChainOutcome], Awaitable[None]]
 
 
 async def run_chain(client: StageClient, image: bytes, steps: list[Step],
-                    on_step_start: ProgressHook | None = None, outcome: ChainOutcome | None = None) -> ChainOutcome:
-    """Run ``steps`` in order; ``outcome`` (filled as the chain goes) lets a caller watch progress live."""
+                    on_step_start: ProgressHook | None = None, outcome: ChainOutcome | None = None, *,
+                    start: int = 0, on_step_done: StepDoneHook | None = None,
+                    request_id_prefix: str | None = None) -> ChainOutcome:
+    """Run ``steps[start:]`` in order on ``image``.
+
+    ``outcome`` (filled as the chain goes) lets a caller watch progress live; ``on_step_done`` lets a durable
+    job save a checkpoint after each step, and ``start`` resumes from one. Each stage call carries the request
+    id ``<request_id_prefix>.<step index>`` so its progress can be asked for.
+    """
     outcome = outcome if outcome is not None else ChainOutcome(image=None)
     current = image
-    for index, step in enumerate(steps):
+    for index in range(start, len(steps)):
+        step = steps[index]
         if on_step_start is not None:
             await on_step_start(step.name, index, len(steps))
         started = time.perf_counter()
+        request_id = f"{request_id_prefix}.{index}" if request_id_prefix else None
         try:
-            result = await client.process(step.service, current, step.params)
+            result = await client.process(step.service, current, step.params, request_id=request_id)
         except StageError as exc:
             if exc.status == 503 and exc.code == "model_unavailable" and step.skip_if_unavailable:
                 outcome.skipped.append((step.name, exc.message))
+                if on_step_done is not None:
+                    await on_step_done(index, outcome)
                 continue
             exc.stage = step.name
             raise
@@ -179,4 +191,6 @@ async def run_chain(client: StageClient, image: bytes, steps: list[Step],
                 outcome.forwarded_headers[key] = value
         current = result.image
         outcome.image = current
+        if on_step_done is not None:
+            await on_step_done(index, outcome)
     return outcome

@@ -10,6 +10,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from shared.contract import StageError
 
+from .balancer import Replica, ReplicaSet
 from .settings import Settings
 
 # Errors where the request never reached a working stage or the stage died while serving it: safe to retry,
@@ -41,6 +42,10 @@ class StageClient:
         self.settings = settings
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
         self._info_cache: dict[str, tuple[float, dict]] = {}
+        self.replicas = {name: ReplicaSet(spec, resolve_interval=settings.resolve_interval)
+                         for name, spec in settings.service_urls.items()}
+        # request id -> the replica serving it, so that its progress is asked of the same replica
+        self._serving: dict[str, Replica] = {}
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -53,16 +58,38 @@ class StageClient:
                              wait=wait_exponential(multiplier=0.2, max=self.settings.retry_max_wait),
                              retry=retry_if_exception(_should_retry), reraise=True)
 
-    async def process(self, service: str, image: bytes, params: dict) -> StageResult:
-        url = self.settings.service_urls[service] + "/process"
+    async def process(self, service: str, image: bytes, params: dict, request_id: str | None = None) -> StageResult:
+        """POST to one replica per attempt; a replica that failed is not tried again by the same request.
+
+        ``request_id`` goes out as X-Request-Id so that ``progress`` can ask the stage how far it is. Cancelling
+        the calling task closes the connection, which is the stage's signal to stop working.
+        """
+        replicas = self.replicas[service]
+        tried: set[str] = set()
+        headers = {"X-Request-Id": request_id} if request_id else None
         started = time.perf_counter()
+        url = replicas.urls[0] + "/process"
         try:
             async for attempt in self._retrying():
                 with attempt:
-                    response = await self.http.post(
-                        url, files={"image": ("image.png", image, "image/png")},
-                        data={"params": json.dumps(params)}, timeout=self._timeout(service))
-                    if response.status_code >= 500 and response.status_code != 503:
+                    replica = replicas.acquire(exclude=tried)
+                    tried.add(replica.url)
+                    url = replica.url + "/process"
+                    if request_id:
+                        self._serving[request_id] = replica
+                    try:
+                        response = await self.http.post(
+                            url, files={"image": ("image.png", image, "image/png")},
+                            data={"params": json.dumps(params)}, headers=headers, timeout=self._timeout(service))
+                    except httpx.TransportError:
+                        replicas.release(replica, failed=True)
+                        raise
+                    except BaseException:  # cancelled by the caller: the replica did nothing wrong
+                        replicas.release(replica)
+                        raise
+                    failed = response.status_code >= 500 and response.status_code != 503
+                    replicas.release(replica, failed=failed)
+                    if failed:
                         raise RetryableStatus(response)
         except RetryableStatus as exc:
             raise _stage_failure(service, exc.response) from None
@@ -75,6 +102,9 @@ class StageClient:
         except httpx.TransportError as exc:
             raise StageError(f"stage '{service}' is unreachable or failed mid-request ({type(exc).__name__})",
                              code="stage_unreachable", status=502, stage=service) from None
+        finally:
+            if request_id:
+                self._serving.pop(request_id, None)
         gateway_ms = (time.perf_counter() - started) * 1000
         if response.status_code != 200:
             raise _stage_failure(service, response)
@@ -82,8 +112,25 @@ class StageClient:
         return StageResult(response.content, gateway_ms, float(stage_ms) if stage_ms else None,
                            dict(response.headers))
 
+    async def progress(self, request_id: str) -> float | None:
+        """The stage's own progress (0..1) of a request in flight; None when the stage does not report it."""
+        replica = self._serving.get(request_id)
+        if replica is None:
+            return None
+        try:
+            response = await self.http.get(f"{replica.url}/progress/{request_id}",
+                                           timeout=httpx.Timeout(2, connect=self.settings.connect_timeout))
+            if response.status_code != 200:
+                return None
+            answer = response.json()
+            return float(answer["progress"]) if answer.get("state") == "running" else None
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
+
     async def get_json(self, service: str, path: str) -> dict:
-        url = self.settings.service_urls[service] + path
+        replica = self.replicas[service].acquire()
+        self.replicas[service].release(replica)  # a short read: balanced, but not counted as load
+        url = replica.url + path
         try:
             response = await self.http.get(url, timeout=httpx.Timeout(10, connect=self.settings.connect_timeout))
             response.raise_for_status()

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from .conftest import Process, base_env, free_port
+from .conftest import Process, base_env, free_port, worker_process
 from .helpers import decode_rgb, jpeg_of, noisy, photo, png_of, psnr
 from .test_shared import png_header_only
 
@@ -300,16 +300,20 @@ def test_job_cancel(stack, big_noisy_png):
 
 @pytest.fixture(scope="module")
 def small_queue_gateway(stack):
-    """A second gateway over the same stages with a one-slot queue and a 2 s result lifetime."""
+    """A second gateway and worker over the same stages with a one-slot queue and a 2 s result lifetime."""
     env = base_env()
     for name in STAGES:
         env[f"{name.upper()}_URL"] = stack.url(name)
-    env.update(JOBS_MAX_QUEUED="1", JOBS_WORKERS="1", JOBS_RESULT_TTL_S="2")
+    env.update(REDIS_URL=stack.redis_url, JOBS_QUEUE_NAME="small", JOBS_MAX_QUEUED="1", JOBS_WORKERS="1",
+               JOBS_RESULT_TTL_S="2", JOBS_REAP_INTERVAL_S="0.5")
     process = Process("gateway-small-queue", "gateway.app:app", free_port(), env)
-    process.start(stack.log_dir)
-    process.wait_ready()
+    worker = worker_process("worker-small-queue", env)
+    for each in (process, worker):
+        each.start(stack.log_dir)
+        each.wait_ready()
     yield process.url
     process.stop()
+    worker.stop()
 
 
 def test_job_queue_full_gives_429_and_results_expire(small_queue_gateway, big_noisy_png):
