@@ -17,7 +17,6 @@ from .helpers import decode_rgb, noisy, photo, png_of
 
 STAGES = tuple(STAGE_APPS)
 FINAL = ("done", "failed", "cancelled")
-NEEDS_STAGE_SIDE = pytest.mark.skip(reason="needs stage-side progress/abort (modellayer branch)")
 
 
 def post_job(url: str, image: bytes, **fields) -> httpx.Response:
@@ -220,7 +219,6 @@ def x4plus_job_fields(tile: int) -> dict:
                                                                               "tile": tile}}]}
 
 
-@NEEDS_STAGE_SIDE
 def test_stage_progress_rises_during_a_tiled_stage(stack):
     gateway = stack.url("gateway")
     created = post_job(gateway, png_of(photo("coffee")[:128, :128]), **x4plus_job_fields(48))
@@ -237,7 +235,6 @@ def test_stage_progress_rises_during_a_tiled_stage(stack):
     assert len(seen) >= 3 and seen == sorted(seen), seen
 
 
-@NEEDS_STAGE_SIDE
 def test_delete_of_a_running_job_leaves_the_stage_idle_within_2_s(stack):
     gateway = stack.url("gateway")
     stage = psutil.Process(stack.processes["upscale"].proc.pid)
