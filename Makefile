@@ -36,6 +36,7 @@ bench: install provision
 	$(BIN)/python -m bench.deblur
 	$(BIN)/python -m bench.colorize
 	$(BIN)/python -m bench.preview
+	$(BIN)/python -m bench.tone
 
 compose-config:
 	docker-compose config -q

@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-STAGE_NAMES = ("denoise", "deblur", "colorize", "upscale", "postprocess")
+STAGE_NAMES = ("denoise", "deblur", "colorize", "upscale", "postprocess", "tone")
 DEFAULT_PORTS = {"gateway": 8000, "denoise": 8101, "deblur": 8102, "colorize": 8103, "upscale": 8104,
-                 "postprocess": 8105, "ui": 8501}
+                 "postprocess": 8105, "tone": 8107, "ui": 8501}
 PROCESS_TIME_HEADER = "X-Process-Time-Ms"
 
 

@@ -21,11 +21,11 @@ if str(ROOT) not in sys.path:  # `streamlit run ui/app.py` puts only ui/ on the 
 import streamlit as st  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ui import finishing, live_preview, widgets  # noqa: E402
+from ui import finishing, live_preview, tone_panel, widgets  # noqa: E402
 from ui.gateway_client import (FINAL_STATES, Gateway, GatewayError, advanced_fields, gateway_url,  # noqa: E402
                                simple_fields)
 
-SIMPLE_CHAIN = ("denoise", "deblur", "colorize", "upscale", "post-denoise", "sharpen")
+SIMPLE_CHAIN = ("denoise", "deblur", "tone", "colorize", "upscale", "post-denoise", "sharpen")
 UPSCALE_CHOICES = ("none", "x2", "x4", "enhance", "custom")
 POLL_S = 0.25
 FINISH_KEY = "finish_ctl"   # the browser finishing panel's value: the chosen settings
@@ -414,6 +414,7 @@ def main() -> None:
         show_error(error, "Could not run the job: ")
     if st.session_state.get("last_status"):
         render_outcome(st.session_state["last_status"])
+    tone_panel.render_tone_decision(st.session_state.get("result"), st)
     finishing_panel()
 
 
