@@ -21,6 +21,8 @@ artifacts/tone_sheet.png; ``--docs`` also writes a small copy to docs/tone_sheet
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import sys
 from pathlib import Path
 
@@ -38,6 +40,8 @@ SHARED_IMAGES = ROOT.parent / "shared" / "images"
 STRENGTHS = (0.33, 0.66, 1.0)
 SHEET_STRENGTH = 0.66
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")
+DOCS_PHOTOS = ("children-alpha.png", "gray-00017.png", "astronaut", "coffee", "chelsea", "rocket")
+SHEET_TITLE = "faded  |  baseline (grey world + stretch)  |  tone stage  |  original"
 
 
 def srgb_to_linear(v: np.ndarray) -> np.ndarray:
@@ -121,9 +125,11 @@ def to8(rgb: np.ndarray) -> np.ndarray:
     return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def sheet_row(images: list[np.ndarray], height: int = 220) -> np.ndarray:
+def sheet_row(images: list[np.ndarray], alpha: np.ndarray | None, height: int = 220) -> np.ndarray:
     tiles = []
     for image in images:
+        if alpha is not None:   # shown over white, as a viewer would
+            image = image * alpha[:, :, None] + (1.0 - alpha[:, :, None])
         h, w = image.shape[:2]
         tiles.append(cv2.resize(to8(image), (max(1, round(w * height / h)), height), interpolation=cv2.INTER_AREA))
         tiles.append(np.full((height, 6, 3), 255, np.uint8))
@@ -132,8 +138,10 @@ def sheet_row(images: list[np.ndarray], height: int = 220) -> np.ndarray:
 
 def save_sheet(rows: list[np.ndarray], path: Path, max_width: int | None = None) -> None:
     width = max(r.shape[1] for r in rows)
+    title = np.full((34, width, 3), 255, np.uint8)
+    cv2.putText(title, SHEET_TITLE, (4, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 1, cv2.LINE_AA)
     padded = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    sheet = np.concatenate(padded, axis=0)
+    sheet = np.concatenate([title] + padded, axis=0)
     if max_width and sheet.shape[1] > max_width:
         scale = max_width / sheet.shape[1]
         sheet = cv2.resize(sheet, (max_width, round(sheet.shape[0] * scale)), interpolation=cv2.INTER_AREA)
@@ -158,7 +166,7 @@ def quality(photos: dict, sheet_docs: bool) -> bool:
             verdict = decision.split('"decision":"')[1].split('"')[0] if '"decision":"' in decision else "?"
             print(f"{name:<22}{strength:>9.2f}{scores[0]:>8.2f}{scores[1]:>10.2f}{scores[2]:>8.2f}  {verdict}")
             if strength == SHEET_STRENGTH:
-                rows.append(sheet_row([faded, base, out, rgb]))
+                rows.append((name, sheet_row([faded, base, out, rgb], alpha)))
     print(f"\n{'strength':<10}{'faded':>8}{'baseline':>10}{'stage':>8}{'reduction':>11}")
     overall = np.zeros(3)
     for strength, total in totals.items():
@@ -170,10 +178,11 @@ def quality(photos: dict, sheet_docs: bool) -> bool:
     ok = reduction >= 0.5 and overall[2] < overall[1]
     print(f"target: reduction >= 50% and better than baseline -> {'PASS' if ok else 'FAIL'}")
     sheet = ROOT / "artifacts" / "tone_sheet.png"
-    save_sheet(rows, sheet)
+    save_sheet([row for _, row in rows], sheet)
     print(f"sheet (faded | baseline | stage | original, strength {SHEET_STRENGTH}): {sheet}")
     if sheet_docs:
-        save_sheet(rows, ROOT / "docs" / "tone_sheet.jpg", max_width=1000)
+        save_sheet([row for name, row in rows if name in DOCS_PHOTOS], ROOT / "docs" / "tone_sheet.jpg",
+                   max_width=900)
         print(f"small copy: {ROOT / 'docs' / 'tone_sheet.jpg'}")
     return ok
 
@@ -234,6 +243,16 @@ def chain_position(photos: dict) -> None:
           f"{'tone before denoise' if mean[0] < mean[1] else 'tone after denoise'} is closer")
 
 
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (timings are noisy when loaded)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer photos, no chain-position part")
@@ -243,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [quality(photos, args.docs), unfaded(photos), speed()]
     if not args.quick:
         chain_position(photos)
-    print("\nmachine: see the README's benchmark notes; timings are noisy on a shared machine")
+    print(f"\nmachine: {machine()}")
     return 0 if all(results) else 1
 
 

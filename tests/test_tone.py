@@ -94,13 +94,21 @@ def test_auto_corrects_a_faded_print_and_reduces_delta_e(stack, originals):
 
 def test_cast_off_keeps_the_balance_between_channels(stack, originals):
     faded = faded8(originals["astronaut"])
-    with_cast = rgb_of(process(stack, png_of(faded)).content)
+    faded[:40, :40] = 128                   # a neutral patch in a colour print
+    with_cast = process(stack, png_of(faded))
     without = process(stack, png_of(faded), cast=False)
-    assert without.status_code == 200 and decision(without)["applied"]["cast"] is False
-    grey = np.full((64, 64, 3), 128, np.uint8)   # the same curve on all channels keeps a grey grey
-    assert not np.array_equal(with_cast, rgb_of(without.content))
-    forced_grey = rgb_of(process(stack, png_of(grey), mode="force", cast=False).content)
-    assert np.array_equal(forced_grey[:, :, 0], forced_grey[:, :, 2])
+    assert with_cast.status_code == without.status_code == 200
+    assert decision(with_cast)["applied"]["cast"] is True and decision(without)["applied"]["cast"] is False
+    kept, balanced = rgb_of(without.content)[:40, :40], rgb_of(with_cast.content)[:40, :40]
+    assert np.array_equal(kept[..., 0], kept[..., 1]) and np.array_equal(kept[..., 1], kept[..., 2])
+    assert not np.array_equal(balanced[..., 0], balanced[..., 2])  # per-channel curves differ
+
+
+def test_a_flat_picture_is_returned_unchanged_even_when_forced(stack):
+    flat = np.full((16, 16, 3), (150, 140, 120), np.uint8)
+    response = process(stack, png_of(flat), mode="force")
+    assert decision(response)["decision"] == "unchanged-no-tonal-range"
+    assert np.array_equal(rgb_of(response.content), flat)
 
 
 def test_force_corrects_what_auto_leaves(stack, originals):

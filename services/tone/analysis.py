@@ -38,6 +38,12 @@ LIFTED_BLACK = 0.08          # mean of the channels' black points, sRGB [0, 1]
 DULL_WHITE = 0.70            # brightest channel's white point
 CAST_CHROMA = 6.0            # mid-grey's chroma in the photo
 PAPER_CHROMA = 8.0           # white point's chroma
+# A colour scene without a white object has white points that differ per channel just like stained paper,
+# so the per-channel white gains are trusted only partly: each channel's white is taken this far from the
+# brightest channel's towards its own (calibrated on bench/tone.py's photos: 1.0 hurts scenes without white,
+# 0 leaves the stain).
+WHITE_TRUST = 0.6
+MIN_RANGE = 0.1              # white minus black (sRGB) below which there is no tonal range to read
 LOW_CONTRAST_L_STD = 14.0    # L* standard deviation after levels below which local contrast is added
 
 
@@ -56,6 +62,7 @@ class Measurement:
     monochrome: bool
     black: np.ndarray           # per-channel black points (sRGB, [0, 1])
     white: np.ndarray           # per-channel white points
+    paper_white: np.ndarray     # the white each channel is scaled from (see WHITE_TRUST)
     density_kept: np.ndarray    # k_c: fraction of each dye's density left
     cast_lab: tuple[float, float]    # (a, b) of a scene's mid-grey as the photo shows it
     paper_lab: tuple[float, float]   # (a, b) of the white point
@@ -71,6 +78,10 @@ class Measurement:
         return float(np.hypot(*self.paper_lab))
 
     @property
+    def measurable(self) -> bool:
+        return bool((self.white - self.black).max() >= MIN_RANGE)
+
+    @property
     def faded(self) -> bool:
         return bool(self.black.mean() > LIFTED_BLACK or self.white.max() < DULL_WHITE)
 
@@ -79,7 +90,7 @@ class Measurement:
         return bool(self.cast_chroma > CAST_CHROMA or self.paper_chroma > PAPER_CHROMA)
 
     def as_dict(self) -> dict:
-        return {"monochrome": self.monochrome, "faded": self.faded, "cast": self.cast,
+        return {"monochrome": self.monochrome, "measurable": self.measurable, "faded": self.faded, "cast": self.cast,
                 "cast_chroma": round(self.cast_chroma, 2),
                 "cast_ab": [round(v, 2) for v in self.cast_lab],
                 "paper_chroma": round(self.paper_chroma, 2),
@@ -135,10 +146,12 @@ def measure(rgb: np.ndarray, alpha: np.ndarray | None = None) -> Measurement:
         paper_lab = lab_of(white)
         paper = (float(paper_lab[1]), float(paper_lab[2]))
     kept = density_kept(black, white)
+    paper_white = (white.max() + WHITE_TRUST * (white - white.max())).astype(np.float32)
     if not monochrome:
-        mid_lab = lab_of(inverse_curve(np.full(3, 0.5, np.float32), white, kept))
+        mid_lab = lab_of(inverse_curve(np.full(3, 0.5, np.float32), paper_white, kept))
         cast = (float(mid_lab[1]), float(mid_lab[2]))
-    return Measurement(monochrome=monochrome, black=black, white=white, density_kept=kept, cast_lab=cast,
+    return Measurement(monochrome=monochrome, black=black, white=white, paper_white=paper_white,
+                       density_kept=kept, cast_lab=cast,
                        paper_lab=paper, contrast_l_std=contrast,
                        range_l=float(lab_of(white)[0] - lab_of(black)[0]))
 
@@ -183,10 +196,10 @@ def correction_luts(m: Measurement, strength: float, cast: bool) -> np.ndarray:
     """
     codes = np.linspace(0.0, 1.0, LUT_SIZE, dtype=np.float32)
     if cast or m.monochrome:
-        white, kept = m.white, m.density_kept
+        white, kept = m.paper_white, m.density_kept
     else:  # the least-faded channel's curve for all three
         densest = int(np.argmax(m.density_kept))
-        white, kept = np.full(3, m.white[densest]), np.full(3, m.density_kept[densest])
+        white, kept = np.full(3, m.paper_white[densest]), np.full(3, m.density_kept[densest])
     luts = np.stack([curve(codes, white[c], kept[c]) for c in range(3)])
     return ((1.0 - strength) * codes + strength * luts).astype(np.float32)
 

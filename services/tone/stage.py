@@ -25,6 +25,9 @@ PARAMS = (
 def tone(picture: Picture, params: dict, ctx: StageContext) -> Picture:
     m = measure(picture.rgb, picture.alpha)
     force = params["mode"] == "force"
+    if not m.measurable:   # a flat picture (one colour, a 1-pixel image) has no black and white to read
+        ctx.set_header(DECISION_HEADER, decision_header(m, "unchanged-no-tonal-range", {}))
+        return picture
     if not force and not (m.faded or (params["cast"] and m.cast and m.monochrome)):
         ctx.set_header(DECISION_HEADER, decision_header(m, "unchanged", {}))
         return picture
