@@ -130,6 +130,8 @@ def test_black_and_white_print_stays_grey_and_loses_its_yellowing(stack, origina
     out = rgb_of(response.content)
     assert np.array_equal(out[:, :, 0], out[:, :, 1]) and np.array_equal(out[:, :, 1], out[:, :, 2])
     assert mean_delta_e(out, original) < 0.5 * mean_delta_e(faded, original)
+    tinted = rgb_of(process(stack, png_of(faded), cast=False).content)   # cast off: the tint is kept
+    assert tinted[:, :, 2].mean() < tinted[:, :, 0].mean() - 1
 
 
 def test_alpha_is_kept(stack, originals):

@@ -1,5 +1,6 @@
 """Tone stage: undo the fading of an old print (lifted blacks, dull whites, dye-fading colour cast, low
-contrast). ``mode=auto`` returns the photo unchanged unless the measurements say it is faded or cast."""
+contrast). ``mode=auto`` returns the photo unchanged unless the measurements say it is faded (or, for a
+black-and-white print, tinted by yellowed paper)."""
 from __future__ import annotations
 
 from shared.contract import Param, StageContext
@@ -13,12 +14,14 @@ DECISION_HEADER = "X-Tone-Decision"
 PARAMS = (
     Param("strength", "float", 1.0, "how much of the measured correction is applied: 0 = none, 1 = all",
           minimum=0.0, maximum=1.0),
-    Param("cast", "bool", True, "correct the colour cast (per-channel white balance and dye-fading curves); "
-          "off: one levels curve for all channels, colours keep their balance"),
+    Param("cast", "bool", True, "correct the colour cast (per-channel white balance and dye-fading curves; "
+          "a black-and-white print becomes neutral grey); off: the least-faded channel's curve for all "
+          "channels, so colours and tints keep their balance"),
     Param("contrast", "float", 0.5, "local contrast (CLAHE on lightness, low clip limit) added where the "
           "photo is still flat after levels: 0 = none, 1 = most", minimum=0.0, maximum=1.0),
-    Param("mode", "enum", "auto", "auto: correct only a photo measured as faded or colour-cast, return any "
-          "other unchanged; force: always correct", choices=("auto", "force")),
+    Param("mode", "enum", "auto", "auto: correct only a photo measured as faded (lifted blacks or dull "
+          "whites) or a black-and-white print with a tint; return any other unchanged; force: always correct",
+          choices=("auto", "force")),
 )
 
 
@@ -34,12 +37,13 @@ def tone(picture: Picture, params: dict, ctx: StageContext) -> Picture:
     strength = params["strength"]
     correct_cast = params["cast"]
     luts = correction_luts(m, strength, correct_cast)
-    rgb = apply_luts(picture.rgb, luts, m.monochrome)
+    to_grey = m.monochrome and correct_cast
+    rgb = apply_luts(picture.rgb, luts, to_grey)
     # local contrast only where levels alone left the photo flat (measured on the analysis copy)
     l_std = float(lab_of(visible_pixels(*analysis_copy(rgb, picture.alpha)))[:, 0].std())
     local = params["contrast"] * strength if l_std < LOW_CONTRAST_L_STD else 0.0
     if local > 0:
-        rgb = local_contrast(rgb, local, m.monochrome)
+        rgb = local_contrast(rgb, local, to_grey)
     applied = {"strength": strength, "cast": correct_cast, "local_contrast": round(local, 3),
                "l_std_after": round(l_std, 2)}
     ctx.set_header(DECISION_HEADER, decision_header(m, "corrected-forced" if force else "corrected", applied))
