@@ -131,7 +131,11 @@ def lab_of(rgb: np.ndarray) -> np.ndarray:
 
 
 def measure(rgb: np.ndarray, alpha: np.ndarray | None = None) -> Measurement:
-    small, small_alpha = analysis_copy(rgb, alpha)
+    return measure_copy(*analysis_copy(rgb, alpha))
+
+
+def measure_copy(small: np.ndarray, small_alpha: np.ndarray | None) -> Measurement:
+    """The measurements, from the analysis copy (``analysis_copy``)."""
     pixels = visible_pixels(small, small_alpha)
     monochrome = not chroma_decision(small, small_alpha).colour
     contrast = float(lab_of(pixels)[:, 0].std())

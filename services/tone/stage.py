@@ -7,7 +7,7 @@ from shared.contract import Param, StageContext
 from shared.imaging import Picture
 
 from .analysis import (LOW_CONTRAST_L_STD, analysis_copy, apply_luts, correction_luts, decision_header, lab_of,
-                       local_contrast, measure, visible_pixels)
+                       local_contrast, measure_copy, visible_pixels)
 
 DECISION_HEADER = "X-Tone-Decision"
 
@@ -26,7 +26,8 @@ PARAMS = (
 
 
 def tone(picture: Picture, params: dict, ctx: StageContext) -> Picture:
-    m = measure(picture.rgb, picture.alpha)
+    small, small_alpha = analysis_copy(picture.rgb, picture.alpha)
+    m = measure_copy(small, small_alpha)
     force = params["mode"] == "force"
     if not m.measurable:   # a flat picture (one colour, a 1-pixel image) has no black and white to read
         ctx.set_header(DECISION_HEADER, decision_header(m, "unchanged-no-tonal-range", {}))
@@ -39,8 +40,8 @@ def tone(picture: Picture, params: dict, ctx: StageContext) -> Picture:
     luts = correction_luts(m, strength, correct_cast)
     to_grey = m.monochrome and correct_cast
     rgb = apply_luts(picture.rgb, luts, to_grey)
-    # local contrast only where levels alone left the photo flat (measured on the analysis copy)
-    l_std = float(lab_of(visible_pixels(*analysis_copy(rgb, picture.alpha)))[:, 0].std())
+    # local contrast only where levels alone left the photo flat (measured on the corrected analysis copy)
+    l_std = float(lab_of(visible_pixels(apply_luts(small, luts, to_grey), small_alpha))[:, 0].std())
     local = params["contrast"] * strength if l_std < LOW_CONTRAST_L_STD else 0.0
     if local > 0:
         rgb = local_contrast(rgb, local, to_grey)
