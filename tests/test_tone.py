@@ -134,6 +134,20 @@ def test_black_and_white_print_stays_grey_and_loses_its_yellowing(stack, origina
     assert tinted[:, :, 2].mean() < tinted[:, :, 0].mean() - 1
 
 
+def test_local_contrast_only_where_levels_leave_the_photo_flat(stack, originals):
+    flat = (115 + originals["astronaut"] // 10).astype(np.uint8)   # low contrast ...
+    flat[::10, ::10], flat[5::10, 5::10] = 0, 255                  # ... that levels cannot stretch
+    plain = process(stack, png_of(flat), mode="force", contrast=0.0)
+    boosted = process(stack, png_of(flat), mode="force", contrast=1.0)
+    assert decision(plain)["applied"]["local_contrast"] == 0 and decision(boosted)["applied"]["local_contrast"] > 0
+    body = np.ones(flat.shape[:2], bool)
+    body[::10, ::10] = body[5::10, 5::10] = False
+    assert rgb_of(boosted.content)[body].std() > rgb_of(plain.content)[body].std() * 1.1
+    # a photo with its full range gets none, whatever the parameter
+    full = process(stack, png_of(faded8(originals["coffee"])), contrast=1.0)
+    assert decision(full)["applied"]["local_contrast"] == 0
+
+
 def test_alpha_is_kept(stack, originals):
     rgba = np.dstack([faded8(originals["coffee"]), np.full(originals["coffee"].shape[:2], 200, np.uint8)])
     rgba[:20, :20, 3] = 0

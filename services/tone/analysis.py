@@ -208,11 +208,11 @@ def correction_luts(m: Measurement, strength: float, cast: bool) -> np.ndarray:
     return ((1.0 - strength) * codes + strength * luts).astype(np.float32)
 
 
-def apply_luts(rgb: np.ndarray, luts: np.ndarray, monochrome: bool) -> np.ndarray:
-    """Full-size correction: one lookup per channel at the nearest 16-bit code (a black-and-white print is
-    collapsed to its mean channel first, so the paper's tint goes)."""
+def apply_luts(rgb: np.ndarray, luts: np.ndarray, to_grey: bool) -> np.ndarray:
+    """Full-size correction: one lookup per channel at the nearest 16-bit code (``to_grey``: a black-and-white
+    print is collapsed to its mean channel first, so the paper's tint goes)."""
     out = np.empty(rgb.shape, dtype=np.float32)
-    sources = [rgb.mean(axis=2, dtype=np.float32)] * 3 if monochrome else [rgb[:, :, c] for c in range(3)]
+    sources = [rgb.mean(axis=2, dtype=np.float32)] * 3 if to_grey else [rgb[:, :, c] for c in range(3)]
     for c in range(3):
         scaled = sources[c] * np.float32(LUT_SIZE - 1)
         scaled += np.float32(0.5)
@@ -221,15 +221,16 @@ def apply_luts(rgb: np.ndarray, luts: np.ndarray, monochrome: bool) -> np.ndarra
     return out
 
 
-def local_contrast(rgb: np.ndarray, amount: float, monochrome: bool) -> np.ndarray:
-    """CLAHE on lightness with a low clip limit, blended by ``amount``; colour (a, b) is kept."""
+def local_contrast(rgb: np.ndarray, amount: float, grey: bool) -> np.ndarray:
+    """CLAHE on lightness with a low clip limit, blended by ``amount``; colour (a, b) is kept (``grey``: the
+    three channels are equal and stay so)."""
     clahe = cv2.createCLAHE(clipLimit=1.0 + 1.5 * amount, tileGridSize=(8, 8))
-    if monochrome:
-        grey = rgb[:, :, 0]
-        codes = (np.clip(grey, 0, 1) * 65535 + 0.5).astype(np.uint16)
+    if grey:
+        plane = rgb[:, :, 0]
+        codes = (np.clip(plane, 0, 1) * 65535 + 0.5).astype(np.uint16)
         boosted = clahe.apply(codes).astype(np.float32) / 65535
-        grey = grey + amount * (boosted - grey)
-        return np.repeat(grey[:, :, None], 3, axis=2)
+        plane = plane + amount * (boosted - plane)
+        return np.repeat(plane[:, :, None], 3, axis=2)
     lab = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32), cv2.COLOR_RGB2Lab)
     L = lab[:, :, 0]
     codes = (np.clip(L / 100.0, 0, 1) * 65535 + 0.5).astype(np.uint16)
