@@ -35,11 +35,14 @@ def tone(picture: Picture, params: dict, ctx: StageContext) -> Picture:
     if not force and not (m.faded or (params["cast"] and m.cast and m.monochrome)):
         ctx.set_header(DECISION_HEADER, decision_header(m, "unchanged", {}))
         return picture
+    ctx.set_progress(0.3)
+    ctx.check_aborted()   # the client may have gone while we measured: skip the full-size work
     strength = params["strength"]
     correct_cast = params["cast"]
     luts = correction_luts(m, strength, correct_cast)
     to_grey = m.monochrome and correct_cast
     rgb = apply_luts(picture.rgb, luts, to_grey)
+    ctx.set_progress(0.8)
     # local contrast only where levels alone left the photo flat (measured on the corrected analysis copy)
     l_std = float(lab_of(visible_pixels(apply_luts(small, luts, to_grey), small_alpha))[:, 0].std())
     local = params["contrast"] * strength if l_std < LOW_CONTRAST_L_STD else 0.0
