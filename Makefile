@@ -41,6 +41,7 @@ bench: install provision
 	$(BIN)/python -m bench.colorize
 	$(BIN)/python -m bench.preview
 	$(BIN)/python -m bench.repair
+	$(BIN)/python -m bench.tone
 
 compose-config:
 	docker-compose config -q

@@ -23,14 +23,18 @@ STEPS: dict[str, tuple[str, dict[str, Any]]] = {
     "post-denoise": ("postprocess", {"sharpen_amount": 0.0}),
     "sharpen": ("postprocess", {"blur_sigma": 0.0}),
     "postprocess": ("postprocess", {}),
+    "tone": ("tone", {}),
 }
-# damage is repaired first: denoising would soften scratches and dust into the texture around them
-SIMPLE_CHAIN = ("repair", "denoise", "deblur", "colorize", "upscale", "post-denoise", "sharpen")
+# damage is repaired first: denoising would soften scratches and dust into the texture around them; tone
+# after denoise (bench/tone.py: levels measured on a denoised scan land closer to the original) and before
+# colorize (the colorizer sees the full tonal range of a faded black-and-white print)
+SIMPLE_CHAIN = ("repair", "denoise", "deblur", "tone", "colorize", "upscale", "post-denoise", "sharpen")
 COLORIZE_CHOICES = ("auto", "on", "off")
 REPAIR_CHOICES = ("auto", "on", "off")
+TONE_CHOICES = ("auto", "off")
 MAX_ADVANCED_STEPS = 16
 # Response headers of a stage that the gateway passes on (the stage's own report of what it decided).
-FORWARDED_HEADER_PREFIXES = ("x-colorize", "x-noise", "x-upscale", "x-deblur", "x-model", "x-repair")
+FORWARDED_HEADER_PREFIXES = ("x-colorize", "x-noise", "x-upscale", "x-deblur", "x-model", "x-tone", "x-repair")
 
 
 @dataclass
@@ -78,11 +82,13 @@ def parse_upscale(value: str) -> dict[str, Any] | None:
     return {"scale": factor}
 
 
-def simple_chain(colorize: str, upscale: str, repair: str = "auto") -> list[Step]:
+def simple_chain(colorize: str, upscale: str, repair: str = "auto", tone: str = "auto") -> list[Step]:
     if colorize not in COLORIZE_CHOICES:
         raise InvalidParams(f"'colorize' must be one of {list(COLORIZE_CHOICES)}", field="colorize")
     if repair not in REPAIR_CHOICES:
         raise InvalidParams(f"'repair' must be one of {list(REPAIR_CHOICES)}", field="repair")
+    if tone not in TONE_CHOICES:
+        raise InvalidParams(f"'tone' must be one of {list(TONE_CHOICES)}", field="tone")
     upscale_params = parse_upscale(upscale)
     steps = []
     for name in SIMPLE_CHAIN:
@@ -96,6 +102,10 @@ def simple_chain(colorize: str, upscale: str, repair: str = "auto") -> list[Step
             if colorize == "off":
                 continue
             params["mode"] = "auto" if colorize == "auto" else "force"
+        if name == "tone":
+            if tone == "off":
+                continue
+            params["mode"] = "auto"
         if name == "upscale":
             if upscale_params is None:
                 continue

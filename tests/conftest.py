@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_IMAGES = ROOT.parent / "shared" / "images"
 ARTIFACTS = ROOT / "artifacts"
 STAGE_APPS = {name: f"services.{name}.app:app" for name in ("denoise", "deblur", "colorize", "upscale",
-                                                             "postprocess", "repair")}
+                                                             "postprocess", "repair", "tone")}
 
 
 def free_port() -> int:
@@ -139,7 +139,7 @@ def base_env() -> dict:
 
 @pytest.fixture(scope="session")
 def stack() -> Stack:
-    """All five stages and the gateway, started once for the test session."""
+    """Every stage and the gateway, started once for the test session."""
     log_dir = ARTIFACTS / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     env = base_env()
