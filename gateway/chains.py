@@ -9,9 +9,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from shared.contract import InvalidParams, StageError, parse_json_field, validate_against_schema
+from starlette.concurrency import run_in_threadpool
 
-from .client import StageClient
+from shared.contract import InvalidParams, StageError, parse_json_field, validate_against_schema
+from shared.imaging import PNG_MEDIA_TYPE, decode_any, encode_png
+
+from .client import ACCEPT_PNG, ACCEPT_RASTER, StageClient
 
 # step name -> (service, params pinned by the step)
 STEPS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -151,13 +154,16 @@ async def run_chain(client: StageClient, image: bytes, steps: list[Step],
                     on_step_start: ProgressHook | None = None, outcome: ChainOutcome | None = None) -> ChainOutcome:
     """Run ``steps`` in order; ``outcome`` (filled as the chain goes) lets a caller watch progress live."""
     outcome = outcome if outcome is not None else ChainOutcome(image=None)
-    current = image
+    current, current_type = image, PNG_MEDIA_TYPE
     for index, step in enumerate(steps):
         if on_step_start is not None:
             await on_step_start(step.name, index, len(steps))
         started = time.perf_counter()
+        # Between stages the raster transport; the last stage answers the PNG the user gets.
+        accept = ACCEPT_PNG if index == len(steps) - 1 else ACCEPT_RASTER
         try:
-            result = await client.process(step.service, current, step.params)
+            result = await client.process(step.service, current, step.params, media_type=current_type,
+                                          accept=accept)
         except StageError as exc:
             if exc.status == 503 and exc.code == "model_unavailable" and step.skip_if_unavailable:
                 outcome.skipped.append((step.name, exc.message))
@@ -168,6 +174,8 @@ async def run_chain(client: StageClient, image: bytes, steps: list[Step],
         for key, value in result.headers.items():
             if key.lower().startswith(FORWARDED_HEADER_PREFIXES):
                 outcome.forwarded_headers[key] = value
-        current = result.image
+        current, current_type = result.image, result.media_type
         outcome.image = current
+    if outcome.image is not None and current_type != PNG_MEDIA_TYPE:  # the last step(s) were skipped
+        outcome.image = await run_in_threadpool(lambda: encode_png(decode_any(current, max_pixels=1 << 40)))
     return outcome

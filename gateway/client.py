@@ -9,6 +9,7 @@ import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from shared.contract import StageError
+from shared.imaging import PNG_MEDIA_TYPE, RASTER_MEDIA_TYPE
 
 from .settings import Settings
 
@@ -28,9 +29,16 @@ def _should_retry(exc: BaseException) -> bool:
     return isinstance(exc, RETRYABLE_TRANSPORT_ERRORS + (RetryableStatus,))
 
 
+# What the gateway asks a stage to answer in: the raster transport between stages (a copy instead of a PNG
+# encode and decode per hop), PNG when the answer goes straight to the user.
+ACCEPT_RASTER = f"{RASTER_MEDIA_TYPE}, {PNG_MEDIA_TYPE};q=0.5"
+ACCEPT_PNG = PNG_MEDIA_TYPE
+
+
 @dataclass
 class StageResult:
     image: bytes
+    media_type: str            # PNG_MEDIA_TYPE or RASTER_MEDIA_TYPE
     gateway_ms: float          # wall time seen by the gateway, transfers and retries included
     stage_ms: float | None     # the stage's own X-Process-Time-Ms
     headers: dict[str, str]
@@ -53,14 +61,17 @@ class StageClient:
                              wait=wait_exponential(multiplier=0.2, max=self.settings.retry_max_wait),
                              retry=retry_if_exception(_should_retry), reraise=True)
 
-    async def process(self, service: str, image: bytes, params: dict) -> StageResult:
+    async def process(self, service: str, image: bytes, params: dict, *, media_type: str = PNG_MEDIA_TYPE,
+                      accept: str = ACCEPT_RASTER) -> StageResult:
+        """One ``/process`` call; ``media_type`` labels ``image``, ``accept`` says what to answer in."""
         url = self.settings.service_urls[service] + "/process"
+        filename = "image.raw" if media_type == RASTER_MEDIA_TYPE else "image.png"
         started = time.perf_counter()
         try:
             async for attempt in self._retrying():
                 with attempt:
                     response = await self.http.post(
-                        url, files={"image": ("image.png", image, "image/png")},
+                        url, files={"image": (filename, image, media_type)}, headers={"Accept": accept},
                         data={"params": json.dumps(params)}, timeout=self._timeout(service))
                     if response.status_code >= 500 and response.status_code != 503:
                         raise RetryableStatus(response)
@@ -79,7 +90,8 @@ class StageClient:
         if response.status_code != 200:
             raise _stage_failure(service, response)
         stage_ms = response.headers.get("x-process-time-ms")
-        return StageResult(response.content, gateway_ms, float(stage_ms) if stage_ms else None,
+        answered = response.headers.get("content-type", PNG_MEDIA_TYPE).split(";")[0].strip().lower()
+        return StageResult(response.content, answered, gateway_ms, float(stage_ms) if stage_ms else None,
                            dict(response.headers))
 
     async def get_json(self, service: str, path: str) -> dict:

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .contract import (PROCESS_TIME_HEADER, BadRequest, ImageTooLarge, InvalidParams, Param, StageContext,
                        StageError, error_body, params_schema, parse_params_json, validate_params)
-from .imaging import Picture, decode_image, encode_png, max_pixels_from_env
+from .imaging import Picture, accepts_raster, decode_any, encode_for, max_pixels_from_env
 
 log = logging.getLogger("restore.service")
 
@@ -84,14 +84,15 @@ def create_stage_app(stage: Stage) -> FastAPI:
         started = time.perf_counter()
         image_bytes, params = await read_process_form(request)
         values = validate_params(stage.params, params)
-        picture = decode_image(image_bytes, stage.input_limit())
+        picture = decode_any(image_bytes, max_pixels=stage.input_limit())
         ctx = StageContext()
         async with concurrency:
             result = await run_in_threadpool(stage.run, picture, values, ctx)
-        png = await run_in_threadpool(encode_png, result)
+        # PNG for anyone; the cheap raster transport only for a caller (the gateway) that asks for it.
+        body, media_type = await run_in_threadpool(encode_for, result, accepts_raster(request.headers.get("accept")))
         headers = {PROCESS_TIME_HEADER: f"{(time.perf_counter() - started) * 1000:.1f}",
-                   "X-Image-Size": f"{result.width}x{result.height}", **ctx.response_headers}
-        return Response(png, media_type="image/png", headers=headers)
+                   "X-Image-Size": f"{result.width}x{result.height}", "Vary": "Accept", **ctx.response_headers}
+        return Response(memoryview(body), media_type=media_type, headers=headers)
 
     return app
 
