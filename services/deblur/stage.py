@@ -15,9 +15,13 @@ from shared.contract import Param, StageContext
 from shared.imaging import Picture, is_grayscale
 from shared.tiling import process_tiled
 
+from .blur_auto import decide
 from .models import INCEPTION, MAXIM, MOBILENET, MODEL_FILES, DeblurModels
 
 PARAMS = (
+    Param("mode", "enum", "auto", "auto = measure the blur first: a sharp photo is returned unchanged, a defocused "
+          "one deconvolved, a motion-blurred one deblurred by the network (strength scaled by the measured "
+          "blur); force = always the network", choices=("auto", "force")),
     Param("model", "enum", None, "deblur network; null = the default (first installed of "
           f"{MOBILENET}, {MAXIM}, {INCEPTION})", choices=tuple(MODEL_FILES), nullable=True),
     Param("strength", "float", 1.0, "blend of the deblurred result with the input (0 = input, 1 = full)",
@@ -58,9 +62,15 @@ def deblur_array(rgb: np.ndarray, runner, *, tile: int, overlap: int, context: i
 
 def make_deblur(models: DeblurModels):
     def deblur(picture: Picture, params: dict, ctx: StageContext) -> Picture:
+        strength = float(params["strength"])
+        # Direct callers that name no mode get the network, as before the auto decision existed.
+        if params.get("mode", "force") == "auto":
+            outcome = decide(picture, strength, ctx)
+            if outcome.result is not None:
+                return outcome.result
+            strength = outcome.network_strength
         name, runner = models.get(params["model"])
         ctx.set_header("X-Deblur-Model", name)
-        strength = float(params["strength"])
         if strength == 0.0:
             return picture
         rgb = np.ascontiguousarray(picture.rgb, dtype=np.float32)
