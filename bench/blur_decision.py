@@ -137,10 +137,94 @@ class MaximCache:
         return out
 
 
+PSNR_CONDITIONS = ("sharp", "motion 9px 45deg", "motion 17px 135deg", "motion 25px 120deg",
+                   "defocus sigma 1.2", "defocus sigma 2.2", "defocus sigma 3.0")
+PSNR_PHOTOS = ("ost-009", "small-0014", "gray-00017", "astronaut", "coffee", "camera")
+
+
+def as_stage_output(rgb: np.ndarray, result: np.ndarray) -> np.ndarray:
+    """What the stage returns for the network's ``result``: grey stays grey, 8-bit rounding of the reply."""
+    from shared.imaging import is_grayscale
+    if is_grayscale(rgb):
+        luma = result @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        result = np.repeat(luma[:, :, None], 3, axis=2)
+    return np.round(np.clip(result, 0, 1) * 255).astype(np.float32) / 255
+
+
+def pooled_psnr(pairs) -> float:
+    """PSNR of the class's mean squared error (an unchanged sharp photo contributes 0, not infinity)."""
+    mse = np.mean([np.mean((out[12:-12, 12:-12].astype(np.float64) - ref[12:-12, 12:-12]) ** 2)
+                   for out, ref in pairs])
+    return float("inf") if mse == 0 else float(10 * np.log10(1 / mse))
+
+
+def quality_table(samples, maxim: MaximCache) -> bool:
+    from services.deblur.blur_auto import decide
+    from services.deblur.blur_estimate import defocus_sigma_from_width
+    from services.deblur.deconvolve import deconvolve_gaussian, REGULARISATION_CLEAN, REGULARISATION_JPEG
+    from services.deblur.blur_estimate import deconvolution_regularisation
+    from shared.contract import StageContext
+    from shared.imaging import Picture
+    chosen = [s for s in samples if s[1] in PSNR_CONDITIONS and s[0] in PSNR_PHOTOS]
+    print(f"\n-- quality: {len(chosen)} samples ({', '.join(PSNR_PHOTOS)} x {len(PSNR_CONDITIONS)} conditions x "
+          f"plain/JPEG); MAXIM outputs cached in {maxim.directory}")
+    rows: dict[str, dict[str, list]] = {}
+    started = time.perf_counter()
+    for index, (name, label, cls, is_jpeg, sharp, degraded, estimate) in enumerate(chosen):
+        network = as_stage_output(degraded, maxim(degraded))
+        outcome = decide(Picture(rgb=degraded), 1.0, StageContext())
+        if outcome.result is not None:
+            auto = as_stage_output(degraded, outcome.result.rgb) if outcome.result.rgb is not degraded else degraded
+        else:
+            auto = as_stage_output(degraded, degraded + outcome.network_strength * (maxim(degraded) - degraded))
+        sigma = defocus_sigma_from_width(estimate.width_max)
+        regularisation = deconvolution_regularisation(estimate, REGULARISATION_CLEAN, REGULARISATION_JPEG)
+        classical = as_stage_output(degraded, deconvolve_gaussian(degraded, sigma, regularisation))
+        for key in (cls, f"{cls} {'jpeg' if is_jpeg else 'png'}", label):
+            row = rows.setdefault(key, {"skip": [], "MAXIM": [], "classical": [], "auto": []})
+            for column, out in (("skip", degraded), ("MAXIM", network), ("classical", classical), ("auto", auto)):
+                row[column].append((out, sharp))
+        if (index + 1) % 12 == 0:
+            print(f"   {index + 1}/{len(chosen)} samples, {maxim.computed} MAXIM runs so far, "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+    print(f"\n{'class (PSNR dB, pooled MSE)':30s}{'skip':>8s}{'MAXIM':>8s}{'classic':>8s}{'auto':>8s}"
+          f"{'target':>8s}  verdict")
+    ok = True
+    for key in list(CLASSES) + [k for k in rows if k not in CLASSES]:
+        row = {column: pooled_psnr(pairs) for column, pairs in rows[key].items()}
+        target = max(row["skip"], row["MAXIM"]) - 0.2
+        verdict = "PASS" if row["auto"] >= target else "FAIL"
+        if key in CLASSES:
+            ok &= verdict == "PASS"
+        print(f"{key:30s}" + "".join(f"{row[c]:8.2f}" for c in ("skip", "MAXIM", "classical", "auto"))
+              + f"{target:8.2f}  {verdict if key in CLASSES else ''}")
+    print(f"auto >= max(skip, MAXIM) - 0.2 dB on every class: {'PASS' if ok else 'FAIL'}")
+    return ok
+
+
+def sharp_cost(photos: dict[str, np.ndarray]) -> float:
+    """Seconds per MP of the auto decision on the full-size sharp photos (best of 5 each)."""
+    from services.deblur.blur_auto import decide
+    from shared.contract import StageContext
+    from shared.imaging import Picture
+    total_seconds = total_mp = 0.0
+    print("\n-- cost of the decision on full-size sharp photos (best of 5)")
+    for name, rgb in photos.items():
+        picture = Picture(rgb=rgb)
+        seconds, outcome = best_of(lambda: decide(picture, 1.0, StageContext()), 5)
+        mp = rgb.shape[0] * rgb.shape[1] / 1e6
+        total_seconds, total_mp = total_seconds + seconds, total_mp + mp
+        print(f"   {name:18s} {rgb.shape[1]}x{rgb.shape[0]}: {seconds * 1000:6.1f} ms ({seconds / mp:.3f} s/MP) "
+              f"-> {outcome.estimate.kind}{' (unchanged)' if outcome.result is picture else ''}")
+    per_mp = total_seconds / total_mp
+    print(f"sharp photos: {per_mp:.3f} s per MP (target <= 0.3): {'PASS' if per_mp <= 0.3 else 'FAIL'}")
+    return per_mp
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--crop", type=int, default=256)
-    parser.add_argument("--no-maxim", action="store_true", help="skip the MAXIM and auto columns")
+    parser.add_argument("--no-maxim", action="store_true", help="skip the quality table (needs MAXIM)")
     parser.add_argument("--dump", action="store_true", help="print every sample's measurements")
     args = parser.parse_args(argv)
 
@@ -148,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     photos = load_photos()
     print(f"== blur decision: {len(photos)} photos ({', '.join(photos)}), centred crops <= {args.crop} px, "
           f"each sharp / {len(MOTIONS)} motion / {len(DEFOCUS)} defocus, plain and JPEG q{JPEG_QUALITY}")
+    print("machine: see /proc/cpuinfo; numbers from one shared, loaded machine")
     samples = []
     for name, label, cls, is_jpeg, sharp, degraded in labelled_set(photos, args.crop):
         estimate = estimate_blur(degraded)
@@ -155,10 +240,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.dump:
             print(f"{name:18s} {label:22s} {'jpeg' if is_jpeg else 'png ':4s} -> {estimate.kind:8s} "
                   f"w={estimate.width:.2f} max={estimate.width_max:.2f} min={estimate.width_min:.2f} "
-                  f"an={estimate.anisotropy:.2f} len={estimate.motion_length:.1f} "
-                  f"sig={estimate.defocus_sigma:.2f} n={estimate.edges}")
-    print_confusion(samples)
-    return 0
+                  f"an={estimate.anisotropy:.2f} str={estimate.strength:.2f} "
+                  f"sig={estimate.defocus_sigma:.2f} blk={estimate.blockiness:.2f} n={estimate.edges}")
+    accuracy = print_confusion(samples)
+    per_mp = sharp_cost(photos)
+    quality_ok = True
+    if not args.no_maxim:
+        quality_ok = quality_table(samples, MaximCache(OUT_DIR / "maxim_cache"))
+    return 0 if accuracy >= 0.9 and per_mp <= 0.3 and quality_ok else 1
 
 
 def print_confusion(samples) -> float:

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from shared.contract import InvalidParams, StageError, parse_json_field, validate_against_schema
 from shared.imaging import PNG_MEDIA_TYPE, decode_any, encode_png
 
-from .client import ACCEPT_PNG, ACCEPT_RASTER, StageClient
+from .client import StageClient
 
 # step name -> (service, params pinned by the step)
 STEPS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -159,11 +159,10 @@ async def run_chain(client: StageClient, image: bytes, steps: list[Step],
         if on_step_start is not None:
             await on_step_start(step.name, index, len(steps))
         started = time.perf_counter()
-        # Between stages the raster transport; the last stage answers the PNG the user gets.
-        accept = ACCEPT_PNG if index == len(steps) - 1 else ACCEPT_RASTER
         try:
+            # Between stages the raster transport; the last stage answers the PNG the user gets.
             result = await client.process(step.service, current, step.params, media_type=current_type,
-                                          accept=accept)
+                                          final=index == len(steps) - 1)
         except StageError as exc:
             if exc.status == 503 and exc.code == "model_unavailable" and step.skip_if_unavailable:
                 outcome.skipped.append((step.name, exc.message))

@@ -62,9 +62,11 @@ class StageClient:
                              retry=retry_if_exception(_should_retry), reraise=True)
 
     async def process(self, service: str, image: bytes, params: dict, *, media_type: str = PNG_MEDIA_TYPE,
-                      accept: str = ACCEPT_RASTER) -> StageResult:
-        """One ``/process`` call; ``media_type`` labels ``image``, ``accept`` says what to answer in."""
+                      final: bool = True) -> StageResult:
+        """One ``/process`` call; ``media_type`` labels ``image``. A ``final`` answer (the one the user gets)
+        is PNG; an intermediate one comes in the raster transport unless settings say PNG."""
         url = self.settings.service_urls[service] + "/process"
+        accept = ACCEPT_PNG if final or self.settings.stage_transport == "png" else ACCEPT_RASTER
         filename = "image.raw" if media_type == RASTER_MEDIA_TYPE else "image.png"
         started = time.perf_counter()
         try:

@@ -142,9 +142,14 @@ def estimate_blur(rgb: np.ndarray, alpha: np.ndarray | None = None) -> BlurEstim
         strength = STRENGTH_AT_THRESHOLD + (1 - STRENGTH_AT_THRESHOLD) * ramp
     else:
         kind, reason = DEFOCUS, f"edges blurred alike in every orientation ({width_min:.2f}-{width_max:.2f} px)"
-        sigma = math.sqrt(max(width_max ** 2 - INTRINSIC_WIDTH ** 2, 0.0))
+        sigma = defocus_sigma_from_width(width_max)
     return BlurEstimate(kind, overall, width_max, width_min, anisotropy, angle, strength, sigma, grid,
                         int(widths.size), reason)
+
+
+def defocus_sigma_from_width(width: float) -> float:
+    """Gaussian PSF sigma of a defocus whose edges measure ``width`` (the photo's own width removed)."""
+    return math.sqrt(max(width ** 2 - INTRINSIC_WIDTH ** 2, 0.0))
 
 
 def deconvolution_regularisation(estimate: BlurEstimate, clean: float, blocky: float) -> float:

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from shared.contract import Param, StageContext
+from shared.contract import ModelUnavailable, Param, StageContext
 from shared.imaging import Picture, is_grayscale
 from shared.tiling import process_tiled
 
@@ -69,7 +69,11 @@ def make_deblur(models: DeblurModels):
             if outcome.result is not None:
                 return outcome.result
             strength = outcome.network_strength
-        name, runner = models.get(params["model"])
+        try:
+            name, runner = models.get(params["model"])
+        except ModelUnavailable as exc:
+            exc.headers.update(ctx.response_headers)  # a 503 still says what auto mode measured
+            raise
         ctx.set_header("X-Deblur-Model", name)
         if strength == 0.0:
             return picture
