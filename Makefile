@@ -36,6 +36,8 @@ bench: install provision
 	$(BIN)/python -m bench.deblur
 	$(BIN)/python -m bench.colorize
 	$(BIN)/python -m bench.preview
+	$(BIN)/python -m bench.blur_decision
+	$(BIN)/python -m bench.simple
 
 compose-config:
 	docker-compose config -q
