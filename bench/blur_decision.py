@@ -40,6 +40,9 @@ SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "stereo_
 
 MOTIONS = ((5, 0), (9, 45), (13, 90), (17, 135), (21, 30), (25, 120))   # (length px, angle deg)
 DEFOCUS = (0.8, 1.2, 1.6, 2.2, 3.0)                                        # Gaussian sigma px
+# Held out: the thresholds were calibrated on the set above; these lengths, angles and sigmas were not seen.
+HELD_OUT_MOTIONS = ((7, 60), (11, 160), (19, 10), (23, 75))
+HELD_OUT_DEFOCUS = (1.0, 1.4, 2.6)
 JPEG_QUALITY = 60
 CLASSES = ("sharp", "motion", "defocus")
 
@@ -88,19 +91,19 @@ def jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(out.getvalue())).convert("RGB"), dtype=np.float32) / 255
 
 
-def conditions() -> list[tuple[str, str, object]]:
+def conditions(motions=MOTIONS, sigmas=DEFOCUS, sharp: bool = True) -> list[tuple[str, str, object]]:
     """(label, class, parameter) for every degradation of one photo."""
-    out = [("sharp", "sharp", None)]
-    out += [(f"motion {length}px {angle}deg", "motion", (length, angle)) for length, angle in MOTIONS]
-    out += [(f"defocus sigma {sigma}", "defocus", sigma) for sigma in DEFOCUS]
+    out = [("sharp", "sharp", None)] if sharp else []
+    out += [(f"motion {length}px {angle}deg", "motion", (length, angle)) for length, angle in motions]
+    out += [(f"defocus sigma {sigma}", "defocus", sigma) for sigma in sigmas]
     return out
 
 
-def labelled_set(photos: dict[str, np.ndarray], crop: int):
+def labelled_set(photos: dict[str, np.ndarray], crop: int, degradations=None):
     """Yield (photo, condition label, class, jpeg?, sharp crop, degraded crop)."""
     for name, rgb in photos.items():
         sharp = centre_crop(rgb, crop)
-        for label, cls, param in conditions():
+        for label, cls, param in degradations or conditions():
             degraded = degrade(sharp, cls, param)
             yield name, label, cls, False, sharp, degraded
             yield name, label, cls, True, sharp, jpeg(degraded)
@@ -243,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"an={estimate.anisotropy:.2f} str={estimate.strength:.2f} "
                   f"sig={estimate.defocus_sigma:.2f} blk={estimate.blockiness:.2f} n={estimate.edges}")
     accuracy = print_confusion(samples)
+    held_out = [(name, label, cls, is_jpeg, None, None, estimate_blur(degraded)) for name, label, cls, is_jpeg, _, degraded
+                in labelled_set(photos, args.crop, conditions(HELD_OUT_MOTIONS, HELD_OUT_DEFOCUS, sharp=False))]
+    print("\nheld out (motion " + ", ".join(f"{l}px/{a}deg" for l, a in HELD_OUT_MOTIONS)
+          + "; defocus sigma " + ", ".join(map(str, HELD_OUT_DEFOCUS)) + "; not used to set the thresholds):")
+    print_confusion(held_out)
     per_mp = sharp_cost(photos)
     quality_ok = True
     if not args.no_maxim:
