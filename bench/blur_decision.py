@@ -161,15 +161,17 @@ def pooled_psnr(pairs) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(1 / mse))
 
 
-def quality_table(samples, maxim: MaximCache) -> bool:
+def quality_table(samples, maxim: MaximCache, photos: tuple[str, ...]) -> bool:
     from services.deblur.blur_auto import decide
     from services.deblur.blur_estimate import defocus_sigma_from_width
     from services.deblur.deconvolve import deconvolve_gaussian, REGULARISATION_CLEAN, REGULARISATION_JPEG
     from services.deblur.blur_estimate import deconvolution_regularisation
     from shared.contract import StageContext
     from shared.imaging import Picture
-    chosen = [s for s in samples if s[1] in PSNR_CONDITIONS and s[0] in PSNR_PHOTOS]
-    print(f"\n-- quality: {len(chosen)} samples ({', '.join(PSNR_PHOTOS)} x {len(PSNR_CONDITIONS)} conditions x "
+    chosen = [s for s in samples if s[1] in PSNR_CONDITIONS and s[0] in photos]
+    size = chosen[0][5].shape if chosen else None
+    print(f"\n-- quality: {len(chosen)} samples ({', '.join(photos)} x {len(PSNR_CONDITIONS)} conditions x "
+          f"plain/JPEG, crops {size[1]}x{size[0]}); auto decides on the same crops. "
           f"plain/JPEG); MAXIM outputs cached in {maxim.directory}")
     rows: dict[str, dict[str, list]] = {}
     started = time.perf_counter()
@@ -229,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--no-maxim", action="store_true", help="skip the quality table (needs MAXIM)")
     parser.add_argument("--dump", action="store_true", help="print every sample's measurements")
+    parser.add_argument("--psnr-crop", type=int, default=256, help="crop side for the quality table (MAXIM "
+                        "is slow on a CPU: smaller crops make the table affordable)")
+    parser.add_argument("--psnr-photos", default=",".join(PSNR_PHOTOS))
     args = parser.parse_args(argv)
 
     from services.deblur.blur_estimate import estimate_blur
@@ -254,7 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     per_mp = sharp_cost(photos)
     quality_ok = True
     if not args.no_maxim:
-        quality_ok = quality_table(samples, MaximCache(OUT_DIR / "maxim_cache"))
+        photos_subset = tuple(args.psnr_photos.split(","))
+        if args.psnr_crop != args.crop:
+            samples = [(name, label, cls, is_jpeg, sharp, degraded, estimate_blur(degraded))
+                       for name, label, cls, is_jpeg, sharp, degraded
+                       in labelled_set({k: photos[k] for k in photos_subset}, args.psnr_crop)]
+        quality_ok = quality_table(samples, MaximCache(OUT_DIR / "maxim_cache"), photos_subset)
     return 0 if accuracy >= 0.9 and per_mp <= 0.3 and quality_ok else 1
 
 

@@ -108,6 +108,8 @@ def test_simple_mode_names_unavailable_stages_as_skipped(stack):
                     colorize="on", upscale="x2")
     assert response.status_code == 200
     skipped = set(response.headers["x-skipped-stages"].split(","))
+    if response.headers.get("x-deblur-decision") in ("sharp", "defocus"):
+        unavailable.discard("deblur")  # deblur's auto mode needed no network for this photo
     assert unavailable <= skipped
     assert set(json.loads(response.headers["x-skipped-reasons"])) == skipped
 

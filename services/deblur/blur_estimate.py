@@ -52,7 +52,7 @@ class BlurEstimate:
     angle: float               # edge-normal orientation of the widest blur, degrees in [0, 180)
     strength: float            # for MOTION: the network's blend strength; else 0
     defocus_sigma: float       # for DEFOCUS: the Gaussian PSF sigma (px) to deconvolve with; else 0
-    blockiness: float          # JPEG 8x8 grid strength (1 = none)
+    blockiness: float          # JPEG 8x8 grid strength (1 = none; measured for DEFOCUS only)
     edges: int                 # edge pixels measured
     reason: str
 
@@ -77,23 +77,23 @@ def edge_widths(rgb: np.ndarray, alpha: np.ndarray | None = None) -> tuple[np.nd
     y = luminance(rgb)
     gx, gy, magnitude = _gradient_magnitude(y)
     _, _, reblurred = _gradient_magnitude(cv2.GaussianBlur(y, (0, 0), REBLUR_SIGMA))
-    # Canny on 8 bits with thresholds relative to the photo's own gradients, so a soft photo still has edges.
-    y8 = np.clip(y * 255 + 0.5, 0, 255).astype(np.uint8)
-    strong = float(np.percentile(magnitude, 90)) * 255
+    # Canny on 8 bits with thresholds relative to the photo's own gradients, so a soft photo still has edges
+    # (the percentile from every third row and column: the same statistic at a ninth of the cost).
+    strong = float(np.percentile(magnitude[::3, ::3], 90)) * 255
     high = max(strong, 8 * 8.0)   # Sobel scale (x8) on 8-bit levels: at least an 8-level step
-    edges = cv2.Canny(y8, high * 0.5, high, L2gradient=True) > 0
+    edges = cv2.Canny(cv2.convertScaleAbs(y, alpha=255.0), high * 0.5, high, L2gradient=True)
     if alpha is not None:
-        opaque = cv2.erode((alpha > 0.98).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
-        edges &= opaque
+        opaque = cv2.erode((alpha > 0.98).astype(np.uint8), np.ones((7, 7), np.uint8))
+        edges &= opaque * np.uint8(255)
     # Borders: the Sobel and re-blur see reflected pixels there.
     margin = int(3 * REBLUR_SIGMA) + 2
-    edges[:margin], edges[-margin:], edges[:, :margin], edges[:, -margin:] = False, False, False, False
-    rows, cols = np.nonzero(edges)
-    ratio = magnitude[rows, cols] / np.maximum(reblurred[rows, cols], 1e-6)
+    edges[:margin], edges[-margin:], edges[:, :margin], edges[:, -margin:] = 0, 0, 0, 0
+    index = np.flatnonzero(edges)
+    ratio = magnitude.ravel()[index] / np.maximum(reblurred.ravel()[index], 1e-6)
     valid = ratio > 1.0 + 1e-3
-    ratio, rows, cols = ratio[valid], rows[valid], cols[valid]
+    ratio, index = ratio[valid], index[valid]
     widths = np.minimum(REBLUR_SIGMA / np.sqrt(ratio * ratio - 1.0), WIDTH_CAP)
-    orientation = np.mod(np.arctan2(gy[rows, cols], gx[rows, cols]), np.pi)
+    orientation = np.mod(np.arctan2(gy.ravel()[index], gx.ravel()[index]), np.pi)
     return widths.astype(np.float32), orientation.astype(np.float32)
 
 
@@ -113,9 +113,8 @@ def blockiness(luma: np.ndarray) -> float:
 
 def estimate_blur(rgb: np.ndarray, alpha: np.ndarray | None = None) -> BlurEstimate:
     widths, orientation = edge_widths(rgb, alpha)
-    grid = blockiness(luminance(rgb))
     if widths.size < MIN_EDGES:
-        return BlurEstimate(SHARP, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, grid, int(widths.size),
+        return BlurEstimate(SHARP, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, int(widths.size),
                             f"only {widths.size} edge pixels: too little structure to measure blur")
     bins = np.minimum((orientation / np.pi * ORIENTATION_BINS).astype(int), ORIENTATION_BINS - 1)
     medians = np.full(ORIENTATION_BINS, np.nan)
@@ -134,6 +133,7 @@ def estimate_blur(rgb: np.ndarray, alpha: np.ndarray | None = None) -> BlurEstim
         angle = (widest + 0.5) * 180.0 / ORIENTATION_BINS
     anisotropy = width_max / max(width_min, ANISOTROPY_FLOOR)
     strength = sigma = 0.0
+    grid = 1.0  # measured only where it is used: the deconvolution's regularisation
     if width_max < SHARP_MAX_WIDTH:
         kind, reason = SHARP, f"edges are sharp in every orientation (widest {width_max:.2f} px)"
     elif anisotropy >= MOTION_ANISOTROPY:
@@ -143,6 +143,7 @@ def estimate_blur(rgb: np.ndarray, alpha: np.ndarray | None = None) -> BlurEstim
     else:
         kind, reason = DEFOCUS, f"edges blurred alike in every orientation ({width_min:.2f}-{width_max:.2f} px)"
         sigma = defocus_sigma_from_width(width_max)
+        grid = blockiness(luminance(rgb))
     return BlurEstimate(kind, overall, width_max, width_min, anisotropy, angle, strength, sigma, grid,
                         int(widths.size), reason)
 

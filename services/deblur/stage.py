@@ -65,6 +65,8 @@ def make_deblur(models: DeblurModels):
         strength = float(params["strength"])
         # Direct callers that name no mode get the network, as before the auto decision existed.
         if params.get("mode", "force") == "auto":
+            if params["model"] is not None and not models.available(params["model"]):
+                models.get(params["model"])  # a named model that is not installed: 503, whatever the photo
             outcome = decide(picture, strength, ctx)
             if outcome.result is not None:
                 return outcome.result
