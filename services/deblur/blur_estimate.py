@@ -6,8 +6,8 @@ sqrt(s^2 + r^2) / s when the image is blurred again by a known Gaussian r, so s 
 the ratio of the two gradient magnitudes. It is measured on edge pixels (Canny) only, where it holds, and
 the median is taken per gradient orientation: a defocused photo blurs edges of every orientation alike; a
 motion-blurred one blurs edges across the motion and leaves edges along it sharp. Sharp photos give small
-widths in every orientation. Measured on luminance at full resolution (a few OpenCV passes: milliseconds
-per megapixel); transparent regions (alpha) are ignored, their borders are not photo edges.
+widths in every orientation. Measured on luminance at full resolution (a few OpenCV passes over
+the photo); transparent regions (alpha) are ignored, their borders are not photo edges.
 """
 from __future__ import annotations
 
