@@ -183,7 +183,7 @@ def quality_table(samples, maxim: MaximCache, photos: tuple[str, ...]) -> bool:
             auto = as_stage_output(degraded, outcome.result.rgb) if outcome.result.rgb is not degraded else degraded
         else:
             auto = as_stage_output(degraded, degraded + outcome.network_strength * (maxim(degraded) - degraded))
-        sigma = defocus_sigma_from_width(estimate.width_max)
+        sigma = defocus_sigma_from_width(estimate.width)
         regularisation = deconvolution_regularisation(estimate, REGULARISATION_CLEAN, REGULARISATION_JPEG)
         classical = as_stage_output(degraded, deconvolve_gaussian(degraded, sigma, regularisation))
         for key in (cls, f"{cls} {'jpeg' if is_jpeg else 'png'}", label):
