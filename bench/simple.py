@@ -228,7 +228,7 @@ def connected_section(kinds: list[str]) -> None:
     """TIMING ONLY: random-weight DeblurGAN-v2 MobileNet, realesr-general-x4v3 and ECCV16, in one process."""
     import torch
 
-    from services.colorize.models import ECCV16, NetworkRunner, build_network
+    from services.colorize.models import ECCV16, build_network, lightness_network
     from services.colorize.stage import colorize_array
     from services.deblur.models import MOBILENET, MODEL_FILES, DeblurModels, build_generator
     from services.deblur.stage import make_deblur
@@ -246,7 +246,7 @@ def connected_section(kinds: list[str]) -> None:
         store = ModelStore(Path(tmp))
         torch.save({"model": build_generator(MOBILENET).state_dict()}, store.path_for(MODEL_FILES[MOBILENET]))
         deblur = make_deblur(DeblurModels(store))
-        colorizer = NetworkRunner(build_network(ECCV16).eval(), "cpu")
+        colorizer = lightness_network(ECCV16, build_network(ECCV16).eval())
         upscaler = Engine(SRVGGNetCompact(3, 3, num_feat=64, num_conv=32, upscale=4, act_type="prelu").eval(), 4)
         print("\n== connected install's default chain, TIMING ONLY (random weights of the real shapes), "
               "1 MP b/w photo, one process")

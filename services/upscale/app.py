@@ -1,13 +1,12 @@
 """Upscale service: Real-ESRGAN (RRDBNet / SRVGGNetCompact) x2..x8 and same-size enhance, tiled."""
 from shared.service import Stage, create_stage_app, run_service
 
-from .models import models_status
-from .stage import MAX_OUTPUT_ENV, PARAMS, max_output_pixels, upscale
+from .stage import MAX_OUTPUT_ENV, PARAMS, REGISTRY, max_output_pixels, upscale
 
 STAGE = Stage(
     name="upscale",
     description="Real-ESRGAN super-resolution: exact scale in (1, 8], same-size enhance, alpha/16-bit/grey kept",
-    params=PARAMS, run=upscale, models=models_status, needs_model=True,
+    params=PARAMS, run=upscale, models=REGISTRY.status, needs_model=True,
     extra_info=lambda: {"max_output_pixels": max_output_pixels(), "max_output_pixels_env": MAX_OUTPUT_ENV})
 app = create_stage_app(STAGE)
 
