@@ -165,6 +165,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=("simple", "advanced"), default=None,
                         help="simple (default) or advanced (needs --stages)")
     parser.add_argument("--colorize", choices=("auto", "on", "off"), default="auto", help="simple mode")
+    parser.add_argument("--repair", choices=("auto", "on", "off"), default="auto",
+                        help="simple mode: scratch and dust repair (auto: only clear damage)")
     parser.add_argument("--upscale", default="none", help="simple mode: none, x2, x4, enhance or a factor (1.5)")
     parser.add_argument("--stages", help="advanced mode: JSON list of {\"stage\": ..., \"params\": {...}}, "
                                          "or @file.json")
@@ -188,7 +190,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error("--stages must be a JSON list")
         args.fields = {"mode": "advanced", "stages": json.dumps(chain)}
     else:
-        args.fields = {"mode": "simple", "colorize": args.colorize, "upscale": args.upscale}
+        args.fields = {"mode": "simple", "colorize": args.colorize, "upscale": args.upscale, "repair": args.repair}
     return args
 
 

@@ -87,7 +87,8 @@ async def chain_response(request: Request, data: bytes, outcome: ChainOutcome) -
 
 async def steps_from_fields(request: Request, mode: str, fields: dict[str, str]):
     if mode == "simple":
-        return simple_chain(fields.get("colorize", "auto").strip().lower(), fields.get("upscale", "none"))
+        return simple_chain(fields.get("colorize", "auto").strip().lower(), fields.get("upscale", "none"),
+                            fields.get("repair", "auto").strip().lower())
     if mode == "advanced":
         return await build_advanced_steps(request.app.state.client, parse_advanced_chain(fields.get("stages")))
     raise InvalidParams("'mode' must be simple or advanced", field="mode")
@@ -102,7 +103,8 @@ async def run_synchronously(request: Request, mode: str) -> Response:
 
 @app.post("/v1/restore")
 async def restore(request: Request):
-    """Simple mode: fixed chain; the user picks colorize (auto|on|off) and upscale (none|x2|x4|enhance|factor)."""
+    """Simple mode: fixed chain; the user picks repair (auto|on|off), colorize (auto|on|off) and upscale
+    (none|x2|x4|enhance|factor)."""
     return await run_synchronously(request, "simple")
 
 

@@ -18,6 +18,7 @@ from .client import StageClient
 
 # step name -> (service, params pinned by the step)
 STEPS: dict[str, tuple[str, dict[str, Any]]] = {
+    "repair": ("repair", {}),
     "denoise": ("denoise", {}),
     "deblur": ("deblur", {}),
     "colorize": ("colorize", {}),
@@ -26,11 +27,13 @@ STEPS: dict[str, tuple[str, dict[str, Any]]] = {
     "sharpen": ("postprocess", {"blur_sigma": 0.0}),
     "postprocess": ("postprocess", {}),
 }
-SIMPLE_CHAIN = ("denoise", "deblur", "colorize", "upscale", "post-denoise", "sharpen")
+# damage is repaired first: denoising would soften scratches and dust into the texture around them
+SIMPLE_CHAIN = ("repair", "denoise", "deblur", "colorize", "upscale", "post-denoise", "sharpen")
 COLORIZE_CHOICES = ("auto", "on", "off")
+REPAIR_CHOICES = ("auto", "on", "off")
 MAX_ADVANCED_STEPS = 16
 # Response headers of a stage that the gateway passes on (the stage's own report of what it decided).
-FORWARDED_HEADER_PREFIXES = ("x-colorize", "x-noise", "x-upscale", "x-deblur", "x-model")
+FORWARDED_HEADER_PREFIXES = ("x-colorize", "x-noise", "x-upscale", "x-deblur", "x-model", "x-repair")
 
 
 @dataclass
@@ -78,14 +81,20 @@ def parse_upscale(value: str) -> dict[str, Any] | None:
     return {"scale": factor}
 
 
-def simple_chain(colorize: str, upscale: str) -> list[Step]:
+def simple_chain(colorize: str, upscale: str, repair: str = "auto") -> list[Step]:
     if colorize not in COLORIZE_CHOICES:
         raise InvalidParams(f"'colorize' must be one of {list(COLORIZE_CHOICES)}", field="colorize")
+    if repair not in REPAIR_CHOICES:
+        raise InvalidParams(f"'repair' must be one of {list(REPAIR_CHOICES)}", field="repair")
     upscale_params = parse_upscale(upscale)
     steps = []
     for name in SIMPLE_CHAIN:
         service, pinned = STEPS[name]
         params = dict(pinned)
+        if name == "repair":
+            if repair == "off":
+                continue
+            params["mode"] = "auto" if repair == "auto" else "force"
         if name == "colorize":
             if colorize == "off":
                 continue

@@ -1,6 +1,8 @@
 """Start every stage service, the gateway and the UI as local processes; stop them all on Ctrl-C.
 
-Used by `make run`. Each process gets its default port (override with <NAME>_PORT env vars).
+Used by `make run`. Each process gets its default port (override with <NAME>_PORT env vars). The console
+shows one line per service when it is healthy; each process's own output goes to artifacts/logs/<name>.log
+(RUN_LOGS=console keeps it on the console instead).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 from shared.contract import DEFAULT_PORTS, STAGE_NAMES  # noqa: E402
 
 HOST = os.environ.get("HOST", "127.0.0.1")
+LOG_DIR = ROOT / "artifacts" / "logs"
 
 
 def port_of(name: str) -> int:
@@ -34,7 +37,8 @@ def commands() -> dict[str, tuple[list[str], str]]:
     if (ROOT / "ui" / "app.py").exists():
         out["ui"] = ([sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"),
                       "--server.port", str(port_of("ui")), "--server.address", HOST,
-                      "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                      "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                      "--client.toolbarMode", "minimal"],
                      f"http://{HOST}:{port_of('ui')}/_stcore/health")
     return out
 
@@ -55,18 +59,27 @@ def main() -> int:
         env.setdefault(f"{name.upper()}_URL", f"http://{HOST}:{port_of(name)}")
     env.setdefault("GATEWAY_URL", f"http://{HOST}:{port_of('gateway')}")
     processes: dict[str, subprocess.Popen] = {}
+    to_console = os.environ.get("RUN_LOGS") == "console"
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     try:
+        print(f"[run] starting {len(commands())} processes"
+              + ("" if to_console else f" (their logs: {LOG_DIR.relative_to(ROOT)}/<name>.log)"), flush=True)
         for name, (argv, _) in commands().items():
-            processes[name] = subprocess.Popen(argv, cwd=ROOT, env=env)
+            output = None if to_console else open(LOG_DIR / f"{name}.log", "ab")
+            processes[name] = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
+                                               if output else None)
         pending = dict((name, url) for name, (_, url) in commands().items())
         deadline = time.monotonic() + 180
         while pending and time.monotonic() < deadline:
             for name, url in list(pending.items()):
                 if processes[name].poll() is not None:
-                    print(f"{name} exited with code {processes[name].returncode}", file=sys.stderr)
+                    print(f"{name} exited with code {processes[name].returncode}"
+                          + ("" if to_console else f"; see {LOG_DIR / (name + '.log')}"), file=sys.stderr)
                     return 1
                 if healthy(url):
                     del pending[name]
+                    print(f"[run] {name:12s} up ({time.monotonic() - started:.0f} s)", flush=True)
             time.sleep(0.3)
         if pending:
             print(f"not healthy after 180 s: {sorted(pending)}", file=sys.stderr)

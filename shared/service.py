@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -22,7 +23,8 @@ from starlette.concurrency import run_in_threadpool
 
 from .contract import (PROCESS_TIME_HEADER, Aborted, BadRequest, ImageTooLarge, InvalidParams, Param, StageContext,
                        StageError, error_body, params_schema, parse_params_json, validate_params)
-from .imaging import Picture, accepts_raster, decode_any, encode_for, max_pixels_from_env
+from .imaging import Picture, accepts_raster, decode_any, encode_for, is_grayscale, max_pixels_from_env
+from .throughput import Throughput
 
 log = logging.getLogger("restore.service")
 
@@ -63,6 +65,7 @@ def create_stage_app(stage: Stage) -> FastAPI:
     app = FastAPI(title=f"{stage.name} stage", description=stage.description)
     # CPU models use every core for one request; more at once only thrashes caches and memory.
     concurrency = asyncio.Semaphore(int(os.environ.get("STAGE_CONCURRENCY", "1")))
+    throughput = Throughput()   # recent seconds per megapixel, for the UI's time estimates
 
     @app.exception_handler(StageError)
     async def stage_error_handler(_: Request, exc: StageError):
@@ -85,7 +88,7 @@ def create_stage_app(stage: Stage) -> FastAPI:
         default = next((n for n, m in models.items() if m.get("default")), None)
         return {"stage": stage.name, "description": stage.description, "params": params_schema(stage.params),
                 "models": models, "default_model": default, "max_input_pixels": stage.input_limit(),
-                **stage.extra_info()}
+                "throughput": throughput.report(), **stage.extra_info()}
 
     requests = RequestTracker()
 
@@ -100,13 +103,15 @@ def create_stage_app(stage: Stage) -> FastAPI:
         ctx = StageContext()
         requests.start(request_id, ctx)
         outcome = "error"
+        seen: dict[str, Any] = {}    # the input's size and kind, for the throughput record
         try:
             image_bytes, params = await read_process_form(request)
             values = validate_params(stage.params, params)
+            noted = noting_input(stage, seen)
             # PNG for anyone; the cheap raster transport only for a caller (the gateway) that asks for it.
             raster = accepts_raster(request.headers.get("accept"))
             result, (body, media_type) = await run_until_disconnected(
-                request, ctx, lambda entered: run_in_slot(stage, concurrency, image_bytes, values, ctx, entered,
+                request, ctx, lambda entered: run_in_slot(noted, concurrency, image_bytes, values, ctx, entered,
                                                           raster))
             outcome = "ok"
         except Aborted:
@@ -114,12 +119,22 @@ def create_stage_app(stage: Stage) -> FastAPI:
             raise
         finally:
             requests.finish(request_id, outcome)
+        throughput.record(time.perf_counter() - started, seen["megapixels"], params, seen["kind"])
         headers = {PROCESS_TIME_HEADER: f"{(time.perf_counter() - started) * 1000:.1f}",
                    "X-Image-Size": f"{result.width}x{result.height}", REQUEST_ID_HEADER: request_id,
                    "Vary": "Accept", **ctx.response_headers}
         return Response(memoryview(body), media_type=media_type, headers=headers)
 
     return app
+
+
+def noting_input(stage: Stage, seen: dict[str, Any]) -> Stage:
+    """``stage`` whose run first notes the megapixels and kind ("gray"/"color") of the decoded input."""
+    def run(picture: Picture, values: dict, ctx: StageContext) -> Picture:
+        seen["megapixels"] = picture.pixels / 1e6
+        seen["kind"] = "gray" if is_grayscale(picture.rgb) else "color"
+        return stage.run(picture, values, ctx)
+    return dataclasses.replace(stage, run=run)
 
 
 async def run_in_slot(stage: Stage, concurrency: asyncio.Semaphore, image_bytes: bytes, values: dict,

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_IMAGES = ROOT.parent / "shared" / "images"
 ARTIFACTS = ROOT / "artifacts"
 STAGE_APPS = {name: f"services.{name}.app:app" for name in ("denoise", "deblur", "colorize", "upscale",
-                                                             "postprocess")}
+                                                             "postprocess", "repair")}
 
 
 def free_port() -> int:

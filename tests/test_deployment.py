@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("denoise", "deblur", "colorize", "upscale", "postprocess")
+STAGES = ("denoise", "deblur", "colorize", "upscale", "postprocess", "repair")
 
 
 def compose() -> dict:
@@ -44,7 +44,7 @@ def test_each_service_has_its_own_dependencies_and_image(folder):
     requirements = (ROOT / folder / "requirements.txt").read_text()
     dockerfile = (ROOT / folder / "Dockerfile").read_text()
     assert "requirements.txt" in dockerfile and "shared/" in dockerfile
-    if folder in ("services/denoise", "services/postprocess", "gateway"):
+    if folder in ("services/denoise", "services/postprocess", "services/repair", "gateway"):
         assert "torch" not in requirements, "classical services must not pull in torch"
 
 

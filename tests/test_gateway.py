@@ -13,7 +13,7 @@ from .conftest import Process, base_env, free_port
 from .helpers import decode_rgb, jpeg_of, noisy, photo, png_of, psnr
 from .test_shared import png_header_only
 
-STAGES = ("denoise", "deblur", "colorize", "upscale", "postprocess")
+STAGES = ("denoise", "deblur", "colorize", "upscale", "postprocess", "repair")
 
 
 def post(url: str, image: bytes | None, timeout: float = 300, **fields) -> httpx.Response:
@@ -80,7 +80,7 @@ def test_simple_mode_restores_a_noisy_photo(stack, shared_images):
     assert all(v > 0 for v in timing.values())
     run = response.headers["x-stages-run"].split(",")
     skipped = [s for s in response.headers["x-skipped-stages"].split(",") if s]
-    assert set(run) | set(skipped) == {"denoise", "deblur", "post-denoise", "sharpen"}
+    assert set(run) | set(skipped) == {"repair", "denoise", "deblur", "post-denoise", "sharpen"}
     assert set(run).isdisjoint(skipped)
     restored = decode_rgb(response.content)
     assert restored.shape == clean.shape

@@ -12,11 +12,11 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from tests.helpers import decode_rgb, jpeg_of, photo, psnr
-from ui import finishing
+from ui import finishing, plain
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "ui" / "app.py")
-SIMPLE_CHAIN = ("denoise", "deblur", "colorize", "upscale", "post-denoise", "sharpen")
+SIMPLE_CHAIN = ("repair", "denoise", "deblur", "colorize", "upscale", "post-denoise", "sharpen")
 TIMEOUT = 300   # a real model stage on CPU, when its weights are provisioned
 
 
@@ -62,40 +62,64 @@ def test_ui_talks_to_the_gateway_only():
                 assert not name.split(".")[0] in ("services", "shared", "gateway"), f"{path} imports {name}"
 
 
-def test_stage_availability_is_shown(app: AppTest, stages: dict):
-    labels = [e.label for e in app.sidebar.expander]
+def test_server_details_are_in_one_collapsed_panel(app: AppTest, stages: dict):
+    """Services, models and fetch commands are in the sidebar's "Server" panel, and nowhere else."""
+    assert [e.label for e in app.sidebar.expander] == ["Server"]
+    panel = " ".join(texts(app.sidebar.expander[0].markdown))
     for service, entry in stages["services"].items():
         expected = "ready" if entry["status"] == "ok" else ("down" if entry["status"] == "down" else "not installed")
-        assert any(label.endswith(f"{service}: {expected}") for label in labels), (service, labels)
+        assert f"**{service}**: {expected}" in panel, (service, panel)
         for model, spec in entry["info"].get("models", {}).items():
             mark = "installed" if spec["available"] else "not installed"
-            assert any(f"`{model}`" in m and mark in m for m in texts(app.sidebar.markdown)), model
+            assert f"`{model}`" in panel and mark in panel, model
+            if not spec["available"] and spec.get("fetch_command"):
+                assert spec["fetch_command"] in panel
+    main = " ".join(texts(app.main.markdown) + texts(app.main.info) + texts(app.main.caption))
+    assert "fetch" not in main and "python -m" not in main
 
 
-def test_simple_mode_restores_and_names_skipped_stages(app: AppTest, stages: dict, shared_images: Path):
+def test_simple_mode_restores_and_says_what_was_skipped_plainly(app: AppTest, stages: dict):
     missing = unusable_steps(stages, [s for s in SIMPLE_CHAIN if s not in ("colorize", "upscale")])
     app.selectbox(key="colorize").set_value("off").run()
     notice = " ".join(texts(app.info))
-    for step in missing:   # announced before running
-        assert f"**{step}**" in notice
+    for step in missing:   # announced before running, in plain words
+        assert plain.stage_name(step).lower() in notice and "not installed" in notice
     small = photo("coffee")[::8, ::8]       # 75 x 50: model stages on a CPU stay quick
     restore(app, "coffee.jpg", jpeg_of(small))
     status = app.session_state["last_status"]
     assert status["state"] == "done"
     assert status["stages"] == [s for s in SIMPLE_CHAIN if s not in ("colorize", "upscale")]
     assert {s["stage"] for s in status["skipped"]} == missing
-    warnings = " ".join(texts(app.warning))
+    warnings = texts(app.warning)
     for skipped in status["skipped"]:
-        assert f"Skipped **{skipped['stage']}**" in warnings and skipped["reason"] in warnings
-    assert any(t.startswith("Restored:") for t in texts(app.success))
+        assert plain.skipped_sentence(skipped["stage"], grayscale=False) in warnings
+        assert skipped["reason"] not in " ".join(warnings)       # the operator's message is not shown
+    assert "fetch" not in " ".join(warnings)
+    assert any(t.startswith("Restored in") for t in texts(app.success))
     assert decode_rgb(app.session_state["result"]["png"]).shape[:2] == small.shape[:2]
+
+
+def test_plain_sentences():
+    assert plain.skipped_sentence("colorize") == ("Colorization is not installed on this server, so the photo was "
+                                                  "left in black and white.")
+    assert "keeps its own colours" in plain.skipped_sentence("colorize", grayscale=False)
+    assert plain.skipped_sentence("upscale").startswith("Enlarging is not installed")
+    assert "Noise reduction" in plain.skipped_sentence("denoise", "stage_unreachable")
+    assert plain.skipped_sentence("new-step") == "New step is not installed on this server, so this step was skipped."
+    assert "could not be read" in plain.error_sentence("corrupt_image", "corrupt image: broken data streams")
+    assert plain.error_sentence("model_unavailable", "Fetch it with: python -m x", "deblur").startswith(
+        "Blur removal failed.")
+    assert plain.missing_steps_note(["deblur", "colorize"]) == (
+        "On this server blur removal and colorization are not installed; those steps will be skipped.")
 
 
 def test_corrupt_upload_gives_a_clear_error(app: AppTest, shared_images: Path):
     data = (shared_images / "small-0014.jpg").read_bytes()
     restore(app, "broken.jpg", data[: len(data) // 3])
     errors = " ".join(texts(app.error))
-    assert "corrupt" in errors and "HTTP 400" in errors
+    assert "could not be read as a photo" in errors
+    details = " ".join(texts(app.caption))
+    assert "corrupt" in details and "HTTP 400" in details
     assert "result" not in app.session_state
 
 
@@ -150,7 +174,8 @@ def test_advanced_invalid_param_is_reported(app: AppTest, stages: dict):
     else:
         assert status["state"] == "failed"
         errors = " ".join(texts(app.error))
-        assert "deblur" in errors and "model_unavailable" in errors
+        assert "Blur removal failed" in errors and "not installed" in errors
+        assert "model_unavailable" in " ".join(texts(app.caption)) and "fetch" not in errors
 
 
 def test_widgets_for_a_new_parameter_need_no_ui_change():
@@ -213,7 +238,7 @@ def test_finishing_sliders_and_download_keep_metadata(app: AppTest, shared_image
     app.button(key="adv_add").click().run()
     restore(app, "wolf.jpg", original)
     assert app.session_state["last_status"]["state"] == "done"
-    base, after_png, _ = app.session_state["previews"][(app.session_state["result"]["id"], "Fit")]
+    base, after_png, _ = app.session_state["previews"][(app.session_state["result"]["id"], False, None)]
     # the browser is sent exactly the pixels the Python preview finishes (lossless PNG)
     assert np.array_equal(decode_rgb(after_png), np.rint(base.rgb * 255).astype(np.uint8))
     plain = finishing.preview(base, app.session_state["preview_settings"])

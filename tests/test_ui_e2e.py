@@ -41,7 +41,8 @@ def ui_url(stack):
     log = open(ARTIFACTS / "logs" / "ui.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"),
                              "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                             "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                             "--client.toolbarMode", "minimal"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -153,7 +154,7 @@ def run_simple_mode(page, ui_url: str, shared_images: Path, tmp_path: Path) -> N
     page.get_by_text(f"{PHOTO}: 179×179 px").wait_for()    # the server has the upload
     wait_idle(page)
     page.get_by_role("button", name="Restore", exact=True).click()
-    page.get_by_text("Restored:").wait_for(timeout=300_000)
+    page.get_by_text("Restored in").wait_for(timeout=300_000)
 
     # the result is shown in the finishing panel: the restored photo drawn on the canvas, the original under it
     frame = panel_frame(page)
@@ -189,6 +190,9 @@ def run_simple_mode(page, ui_url: str, shared_images: Path, tmp_path: Path) -> N
     big = tmp_path / "big.png"
     with Image.open(shared_images / "ost-009.png") as im:
         im.convert("RGB").resize((1155, 1650), Image.LANCZOS).save(big)     # 1.9 MP
+    page.goto(ui_url)       # a new session: the uploader takes several photos, this one must be alone
+    page.get_by_role("heading", name="Old-photo restoration").wait_for()
+    wait_idle(page)
     page.get_by_text("Advanced", exact=True).click()
     page.locator("[data-testid=stSelectbox]").filter(has_text="Stage").click()
     page.get_by_role("option", name="sharpen", exact=True).click()
@@ -244,3 +248,214 @@ def run_simple_mode(page, ui_url: str, shared_images: Path, tmp_path: Path) -> N
     # the settings the user ended on reach the server for the full-size download
     final = sharp[-1]["settings"]
     page.get_by_text(f"sharpness {final['sharpen_amount']:.2f}").wait_for()
+
+
+# ------------------------------------------------------------------------------------------------- screens
+SCREENS = ARTIFACTS / "ui"
+
+
+def shot(page, name: str) -> None:
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture()
+def page(ui_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1900}, accept_downloads=True)
+    page.set_default_timeout(60_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(ui_url)
+    page.get_by_role("heading", name="Old-photo restoration").wait_for()
+    wait_idle(page)
+    yield page
+    page.close()
+    assert not errors, errors
+
+
+def gateway_stages(stack) -> dict:
+    return httpx.get(stack.url("gateway") + "/v1/stages", timeout=30).json()
+
+
+def warm_up(stack, path: Path, **fields) -> None:
+    """One restore through the jobs API, so every stage of the chain has reported its throughput."""
+    http = httpx.Client(base_url=stack.url("gateway"), timeout=60)
+    job = http.post("/v1/jobs", files={"image": (path.name, path.read_bytes())},
+                    data={"mode": "simple", "colorize": "auto", "upscale": "none", **fields}).json()
+    deadline = time.monotonic() + 300
+    while http.get(f"/v1/jobs/{job['id']}").json()["state"] not in ("done", "failed", "cancelled"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def refresh_server_panel(page) -> None:
+    """Open the Server panel and press Refresh (the stage list, with the stages' speed, is cached for 10 s)."""
+    page.get_by_text("Server", exact=True).click()
+    page.get_by_role("button", name="Refresh").click()
+    wait_idle(page)
+
+
+def test_plain_messages_estimate_and_progress(page, stack, shared_images: Path):
+    """A gray photo where stages are missing: the estimate before the run, plain sentences after it, and the
+    operator's details only in the collapsed Server panel; no Deploy button."""
+    from ui import plain
+    assert page.title() == "Old-photo restoration"
+    assert page.get_by_role("button", name="Deploy").count() == 0
+    shot(page, "01-start")
+    stages = gateway_stages(stack)
+    chain = [s for s in ("denoise", "deblur", "colorize", "post-denoise", "sharpen")]
+    missing = [s for s in chain if stages["services"][stages["steps"][s]["service"]]["status"] != "ok"]
+    fetch_commands = [m["fetch_command"] for e in stages["services"].values()
+                      for m in e.get("info", {}).get("models", {}).values()
+                      if not m.get("available") and m.get("fetch_command")]
+    photo = shared_images / "wolf-gray.jpg"
+    warm_up(stack, photo)
+    refresh_server_panel(page)
+    for command in fetch_commands[:1]:
+        page.get_by_text(command).first.wait_for()          # in the opened Server panel
+    shot(page, "02-server-panel")
+    page.get_by_text("Server", exact=True).click()           # collapse it again
+    for command in fetch_commands:
+        expect_hidden(page, command)
+
+    page.locator("input[type=file]").set_input_files(str(photo))
+    page.get_by_text("wolf-gray.jpg: 236×236 px").wait_for()
+    wait_idle(page)
+    estimate_text = page.get_by_text("Estimated time for this photo:")
+    estimate_text.wait_for()
+    assert "no estimate yet" not in estimate_text.inner_text()
+    if missing:
+        page.get_by_text(plain.missing_steps_note(missing)).wait_for()
+    shot(page, "03-estimate-before-restore")
+
+    page.get_by_role("button", name="Restore", exact=True).click()
+    page.get_by_text("Restored in").wait_for(timeout=300_000)
+    for step in missing:
+        page.get_by_text(plain.skipped_sentence(step, grayscale=True)).wait_for()
+    if "colorize" in missing:
+        page.get_by_text("Colorization is not installed on this server, so the photo was left in black and "
+                         "white.").wait_for()
+    body = page.locator("[data-testid=stMain]").inner_text()
+    assert "fetch" not in body and "python -m" not in body and "model_unavailable" not in body
+    panel_frame(page)
+    shot(page, "04-result-and-plain-messages")
+
+
+def expect_hidden(page, text: str) -> None:
+    for locator in page.get_by_text(text).all():
+        locator.wait_for(state="hidden")
+
+
+def test_progress_shows_the_time_left(page, stack, shared_images: Path, tmp_path: Path):
+    """While a longer restore runs (noise reduction of a 0.85 MP photo), the progress bar names the step in
+    plain words and the time left, from the estimate made before the run."""
+    big, half = tmp_path / "big.png", tmp_path / "half.png"
+    with Image.open(shared_images / "ost-009.png") as im:
+        im.convert("RGB").resize((770, 1100), Image.LANCZOS).save(big)
+        im.convert("RGB").resize((385, 550), Image.LANCZOS).save(half)
+    http = httpx.Client(base_url=stack.url("gateway"), timeout=60)
+    job = http.post("/v1/jobs", files={"image": ("half.png", half.read_bytes())},
+                    data={"mode": "advanced", "stages": json.dumps([{"stage": "denoise"}])}).json()
+    while http.get(f"/v1/jobs/{job['id']}").json()["state"] not in ("done", "failed", "cancelled"):
+        time.sleep(0.1)
+    refresh_server_panel(page)
+    page.get_by_text("Server", exact=True).click()
+    page.get_by_text("Advanced", exact=True).click()
+    page.locator("[data-testid=stSelectbox]").filter(has_text="Stage").click()
+    page.get_by_role("option", name="denoise", exact=True).click()
+    page.get_by_role("button", name="Add stage").click()
+    page.get_by_text("1. denoise").wait_for()
+    page.locator("input[type=file]").set_input_files(str(big))
+    page.get_by_text("big.png: 770×1100 px").wait_for()
+    wait_idle(page)
+    estimate_text = page.get_by_text("Estimated time for this photo:")
+    estimate_text.wait_for()
+    assert "no estimate yet" not in estimate_text.inner_text()
+    page.get_by_role("button", name="Restore", exact=True).click()
+    page.get_by_text("Noise reduction…", exact=False).filter(has_text=" left").first.wait_for(timeout=120_000)
+    page.locator("[data-testid=stMain]").evaluate("e => e.scrollTo(0, 0)")
+    shot(page, "05-running-with-time-left")
+    page.get_by_text("Restored in").wait_for(timeout=300_000)
+
+
+def test_preset_sets_the_sliders_and_the_preview_and_the_view_zooms(page, shared_images: Path):
+    from ui import finishing
+    page.get_by_text("Advanced", exact=True).click()
+    page.locator("[data-testid=stSelectbox]").filter(has_text="Stage").click()
+    page.get_by_role("option", name="denoise", exact=True).click()
+    page.get_by_role("button", name="Add stage").click()
+    page.get_by_text("1. denoise").wait_for()
+    page.locator("input[type=file]").set_input_files(str(shared_images / "ost-009.png"))
+    page.get_by_text("ost-009.png: 448×640 px").wait_for()
+    wait_idle(page)
+    page.get_by_role("button", name="Restore", exact=True).click()
+    page.get_by_text("Restored in").wait_for(timeout=300_000)
+    frame = panel_frame(page)
+    plain_pixels = canvas_rgb(frame)
+    assert frame.evaluate("() => window.__finish.preset") == "None"
+
+    portrait = finishing.PRESETS["Portrait"]
+    frame.get_by_role("button", name="Portrait").click()
+    frame.wait_for_function("""p => { const f = window.__finish.frames.at(-1);
+        return Object.entries(p).every(([k, v]) => Math.abs(f.settings[k] - v) < 1e-9); }""", arg=portrait,
+                            polling="raf")
+    for key, value in portrait.items():
+        assert float(frame.locator(f"#s_{key}").input_value()) == pytest.approx(value)
+    assert frame.get_by_role("button", name="Portrait").get_attribute("aria-pressed") == "true"
+    portrait_pixels = canvas_rgb(frame)
+    assert psnr(portrait_pixels, plain_pixels) < 45          # the preview changed
+    page.get_by_text("extra blur 0.6 px, sharpness 0.35 (radius 1.5 px, threshold 4.0)").wait_for()
+    shot(page, "06-preset-portrait")
+
+    # the sliders stay adjustable: one more step of sharpness, and the preset is no longer marked
+    frame.locator("#s_sharpen_amount").focus()
+    page.keyboard.press("ArrowRight")
+    frame.wait_for_function("() => window.__finish.frames.at(-1).settings.sharpen_amount === 0.4", polling="raf")
+    assert frame.evaluate("() => window.__finish.preset") is None
+    assert (canvas_rgb(frame) != portrait_pixels).any()
+    page.get_by_text("sharpness 0.40").wait_for()
+    frame.get_by_role("button", name="Document / print").click()
+    page.get_by_text("sharpness 1.50 (radius 0.7 px").wait_for()
+    wait_idle(page)
+
+    # page-wide view, and 100 %: one photo pixel per CSS pixel
+    fit_width = frame.locator("#cmp").evaluate("e => e.getBoundingClientRect().width")
+    assert fit_width > 448       # the whole photo is shown larger than its 448 px, across the page
+    page.get_by_text("100 % (actual pixels)").click()
+    wait_idle(page)
+    frame = panel_frame(page)
+    frame.get_by_text("at 100 %", exact=False).wait_for()
+    canvas_width = frame.locator("#after").evaluate("c => c.width")
+    css_width = frame.locator("#cmp").evaluate("e => e.getBoundingClientRect().width")
+    assert css_width == pytest.approx(canvas_width, abs=1)
+    # the preset chosen before is still applied in the 100 % view
+    assert frame.evaluate("() => window.__finish.frames.at(-1).settings.sharpen_amount") == 1.5
+    shot(page, "07-view-100-percent")
+
+
+def test_batch_of_three_with_a_broken_file(page, shared_images: Path, tmp_path: Path):
+    broken = tmp_path / "broken.jpg"
+    data = (shared_images / "small-0014.jpg").read_bytes()
+    broken.write_bytes(data[: len(data) // 3])
+    files = [shared_images / "small-0014.jpg", broken, shared_images / "wolf-gray.jpg"]
+    page.locator("input[type=file]").set_input_files([str(f) for f in files])
+    page.get_by_text("3 photos: small-0014.jpg, broken.jpg, wolf-gray.jpg").wait_for()
+    wait_idle(page)
+    page.get_by_text("Estimated time for these 3 photos").wait_for()
+    page.get_by_role("button", name="Restore", exact=True).click()
+    page.get_by_text("2 of 3 photos restored.").wait_for(timeout=300_000)
+    page.get_by_text("broken.jpg: This file could not be read as a photo").wait_for()
+    button = page.get_by_role("button", name="Download all (2 photos, zip", exact=False)
+    with page.expect_download() as info:
+        button.click()
+    target = tmp_path / "restored.zip"
+    info.value.save_as(target)
+    import zipfile
+    with zipfile.ZipFile(target) as archive:
+        assert sorted(archive.namelist()) == ["small-0014.png", "wolf-gray.png"]
+        with Image.open(io.BytesIO(archive.read("small-0014.png"))) as im:
+            assert im.format == "PNG" and im.size == (179, 179)
+        with Image.open(io.BytesIO(archive.read("wolf-gray.png"))) as im:
+            assert im.size == (236, 236)
+    page.get_by_text("Rows").click()
+    shot(page, "08-batch-done")

@@ -1,13 +1,14 @@
-"""Streamlit UI for the old-photo restoration service (port 8501).
+"""Streamlit UI for the old-photo restoration service (port 8501), written for the people restoring photos.
 
 Everything goes through the gateway's HTTP API (GATEWAY_URL, default http://127.0.0.1:8000): stage
-availability from /v1/stages, restores as async jobs (/v1/jobs) with per-stage progress, the full-size
-finishing and download from /v1/finish. The finishing preview runs in the browser (ui/finishing_component,
-the same maths as ui/finishing.py) on a screen-sized copy: slider changes need no server round trip.
+availability and recent speed from /v1/stages, restores as async jobs (/v1/jobs) with per-stage progress and
+a time estimate, the full-size finishing and download from /v1/finish. One photo opens the finishing view
+(presets, sliders and a page-wide before/after view computed in the browser, ui/finishing_component);
+several photos or a zip run as a batch with one progress row per photo and a zip of the results.
+Operator details (services, models, fetch commands) live in the sidebar's collapsed "Server" panel.
 """
 from __future__ import annotations
 
-import io
 import json
 import sys
 import time
@@ -19,16 +20,21 @@ if str(ROOT) not in sys.path:  # `streamlit run ui/app.py` puts only ui/ on the 
     sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from ui import finishing, live_preview, widgets  # noqa: E402
+from ui import estimate, finishing, live_preview, photos, plain, repair_review, server_panel, widgets  # noqa: E402
 from ui.gateway_client import (FINAL_STATES, Gateway, GatewayError, advanced_fields, gateway_url,  # noqa: E402
                                simple_fields)
+from ui.server_panel import service_state  # noqa: E402
 
-SIMPLE_CHAIN = ("denoise", "deblur", "colorize", "upscale", "post-denoise", "sharpen")
+SIMPLE_CHAIN = estimate.SIMPLE_CHAIN
 UPSCALE_CHOICES = ("none", "x2", "x4", "enhance", "custom")
+UPSCALE_LABELS = {"none": "Keep the size", "x2": "2× larger", "x4": "4× larger",
+                  "enhance": "Same size, more detail", "custom": "Other factor…"}
+COLORIZE_LABELS = {"auto": "Only black-and-white photos", "on": "Always", "off": "Never"}
 POLL_S = 0.25
+BATCH_IN_FLIGHT = 4         # jobs submitted ahead; the rest wait here, not in the gateway's bounded queue
 FINISH_KEY = "finish_ctl"   # the browser finishing panel's value: the chosen settings
+VIEW_CHOICES = ("Whole photo", "100 % (actual pixels)")
 # plain symbols and Material icons (bundled with Streamlit): no emoji font is needed in the browser
 STATE_ICONS = {"done": ":green[✔]", "running": ":blue[►]", "skipped": ":orange[↷]", "failed": ":red[✖]",
                "pending": ":gray[○]", "cancelled": ":gray[■]"}
@@ -52,75 +58,44 @@ def fetch_stages(url: str) -> dict:
 
 
 def show_error(error: GatewayError, prefix: str = "") -> None:
-    st.error(f"{prefix}{error.describe()}", icon=":material/error:")
+    """A gateway error in plain words, with the technical details one click away."""
+    st.error(prefix + plain.error_sentence(error.code, error.message, error.stage), icon=":material/error:")
+    with st.expander("Details"):
+        st.caption(technical_details(error.code, error.message, error.stage, error.status))
 
 
-# ---------------------------------------------------------------------------------------------- availability
-
-def service_of(stages: dict, step: str) -> str:
-    return stages.get("steps", {}).get(step, {}).get("service", step)
-
-
-def service_state(stages: dict, service: str) -> tuple[bool, str]:
-    """(usable, why not) for a service from /v1/stages."""
-    entry = stages.get("services", {}).get(service)
-    if entry is None:
-        return False, "not known to the gateway"
-    if entry.get("status") == "ok":
-        return True, ""
-    if entry.get("status") == "down":
-        return False, f"service down: {entry.get('error', {}).get('message', 'unreachable')}"
-    models = entry.get("info", {}).get("models", {})
-    missing = [f"{name} (`{m.get('fetch_command')}`)" if m.get("fetch_command") else name
-               for name, m in models.items() if not m.get("available")]
-    return False, "no model installed" + (f": {', '.join(missing)}" if missing else "")
-
-
-def render_availability(stages: dict) -> None:
-    st.sidebar.subheader("Stage availability")
-    for service, entry in sorted(stages.get("services", {}).items()):
-        usable, why = service_state(stages, service)
-        icon = ":green[●]" if usable else (":red[●]" if entry.get("status") == "down" else ":orange[●]")
-        label = "ready" if usable else ("down" if entry.get("status") == "down" else "not installed")
-        with st.sidebar.expander(f"{icon} {service}: {label}", expanded=not usable):
-            info = entry.get("info", {})
-            if info.get("description"):
-                st.caption(info["description"])
-            models = info.get("models") or {}
-            if models:
-                for name, model in models.items():
-                    mark = ":green[✔ installed]" if model.get("available") else ":red[✖ not installed]"
-                    default = " (default)" if model.get("default") else ""
-                    st.markdown(f"- `{name}`{default}: {mark}")
-                    if not model.get("available") and model.get("fetch_command"):
-                        st.caption(f"fetch: `{model['fetch_command']}`")
-            elif usable:
-                st.markdown("- classical algorithm, no model needed")
-            if not usable and why:
-                st.caption(why)
+def technical_details(code: str | None, message: str, stage: str | None, status: int | None = None) -> str:
+    if code == "model_unavailable":   # the message carries the fetch command: that is for the Server panel
+        message = "a model this step needs is not installed (see the Server panel)"
+    where = f"stage {stage}: " if stage else ""
+    http = f", HTTP {status}" if status else ""
+    return f"{where}{message} ({code}{http})"
 
 
 # ---------------------------------------------------------------------------------------------- controls
 
-def simple_controls(stages: dict | None) -> dict[str, str] | None:
+def usable_services(stages: dict | None) -> dict[str, bool]:
+    return {s: service_state(stages, s)[0] for s in (stages or {}).get("services", {})}
+
+
+def simple_controls(stages: dict | None) -> tuple[dict[str, str], list[tuple[str, dict]]]:
+    """The simple-mode choices as the gateway's form fields, and the steps the gateway will run."""
     cols = st.columns(3)
     colorize = cols[0].selectbox("Colorize", ("auto", "on", "off"), key="colorize",
-                                 help="auto: only grayscale photos; on: always; off: never")
-    upscale = cols[1].selectbox("Upscale", UPSCALE_CHOICES, key="upscale",
-                                help="x2/x4: super-resolution; enhance: restore detail at the same size")
+                                 format_func=COLORIZE_LABELS.get,
+                                 help="Add colour to black-and-white photos")
+    upscale = cols[1].selectbox("Size", UPSCALE_CHOICES, key="upscale", format_func=UPSCALE_LABELS.get,
+                                help="Enlarge the photo, or restore more detail at the same size")
     if upscale == "custom":
-        factor = cols[2].number_input("Upscale factor", min_value=1.1, max_value=8.0, value=1.5, step=0.1,
+        factor = cols[2].number_input("Enlarge by", min_value=1.1, max_value=8.0, value=1.5, step=0.1,
                                       key="upscale_factor")
         upscale = f"{factor:g}"
+    steps = estimate.simple_steps(stages or {}, colorize, upscale)
     if stages is not None:
-        wanted = [s for s in SIMPLE_CHAIN if not (s == "colorize" and colorize == "off")
-                  and not (s == "upscale" and upscale == "none")]
-        missing = [(s, service_state(stages, service_of(stages, s))[1]) for s in wanted
-                   if not service_state(stages, service_of(stages, s))[0]]
+        missing = [s for s, _ in steps if not service_state(stages, stages["steps"].get(s, {}).get("service", s))[0]]
         if missing:
-            st.info("No model installed for these stages; they are skipped where they need one: "
-                    + "; ".join(f"**{s}** ({why})" for s, why in missing), icon=":material/info:")
-    return simple_fields(colorize, upscale)
+            st.info(plain.missing_steps_note(missing), icon=":material/info:")
+    return simple_fields(colorize, upscale), steps
 
 
 def _move(index: int, delta: int) -> None:
@@ -145,34 +120,35 @@ def _load_simple_chain() -> None:
                                  if s not in ("colorize", "upscale")]
 
 
-def advanced_controls(stages: dict | None) -> dict[str, str] | None:
+def advanced_controls(stages: dict | None) -> tuple[dict[str, str] | None, list[tuple[str, dict]]]:
     if stages is None:
-        st.warning("Advanced mode needs the stage list from the gateway.")
-        return None
+        st.warning("Advanced mode needs the list of steps from the server.")
+        return None, []
     chain = st.session_state.setdefault("chain", [])
     steps = stages.get("steps", {})
     add_cols = st.columns([3, 1, 2])
     add_cols[0].selectbox("Stage", list(steps), key="adv_add_stage",
-                          format_func=lambda s: s + ("" if service_state(stages, service_of(stages, s))[0]
+                          format_func=lambda s: s + ("" if service_state(stages, steps[s]["service"])[0]
                                                      else " (not installed)"))
     add_cols[1].button("Add stage", key="adv_add", on_click=_add, use_container_width=True)
     add_cols[2].button("Start from the standard chain", key="adv_standard", on_click=_load_simple_chain)
     if not chain:
         st.caption("Add stages in the order they should run; any order is allowed.")
-        return None
+        return None, []
     payload = []
     for index, entry in enumerate(chain):
         stage, uid = entry["stage"], entry["uid"]
-        service = service_of(stages, stage)
-        usable, why = service_state(stages, service)
-        with st.expander(f"{index + 1}. {stage}" + ("" if usable else "  :orange[(not available)]"), expanded=True):
+        service = steps.get(stage, {}).get("service", stage)
+        usable, _ = service_state(stages, service)
+        with st.expander(f"{index + 1}. {stage}" + ("" if usable else "  :orange[(not installed)]"), expanded=True):
             buttons = st.columns([1, 1, 1, 6])
             buttons[0].button("↑", key=f"up_{uid}", on_click=_move, args=(index, -1), disabled=index == 0)
             buttons[1].button("↓", key=f"down_{uid}", on_click=_move, args=(index, 1),
                               disabled=index == len(chain) - 1)
             buttons[2].button("✕", key=f"rm_{uid}", on_click=_remove, args=(index,))
             if not usable:
-                st.warning(f"**{stage}** is not available ({why}); in advanced mode the job fails at this step.")
+                st.warning(f"{plain.stage_name(stage)} is not installed on this server; in advanced mode the "
+                           "restore stops at this step.")
             info = stages.get("services", {}).get(service, {}).get("info")
             if info is None:
                 payload.append({"stage": stage, "params": {}})
@@ -184,24 +160,74 @@ def advanced_controls(stages: dict | None) -> dict[str, str] | None:
             payload.append({"stage": stage, "params": params})
     with st.expander("Request (stages JSON)"):
         st.code(json.dumps(payload, indent=1), language="json")
-    return advanced_fields(payload)
+    return advanced_fields(payload), estimate.advanced_steps(stages, payload)
 
 
-# ---------------------------------------------------------------------------------------------- jobs
+# ---------------------------------------------------------------------------------------------- estimates
+
+@st.cache_resource
+def server_overhead() -> dict[str, estimate.Overhead]:
+    """What the gateway adds to the stages' own times, learned from finished jobs (shared by all sessions:
+    it is a property of the server)."""
+    return {"value": estimate.Overhead()}
+
+
+def learn_overhead(status: dict, headers: dict[str, str]) -> None:
+    try:
+        stage_times = json.loads(headers.get("x-stage-times") or "{}")
+    except ValueError:
+        return
+    holder = server_overhead()
+    holder["value"] = holder["value"].blend(estimate.Overhead.from_job(status, stage_times))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def photo_kind(data: bytes) -> str | None:
+    return photos.input_kind(data)
+
+
+def photo_plan(stages: dict | None, steps, photo: photos.Photo, mode: str) -> estimate.Plan | None:
+    size = photo.size
+    if stages is None or size is None or not steps:
+        return None
+    # simple mode skips a step that is not installed; advanced mode fails there instead
+    return estimate.plan(stages, steps, size, usable_services(stages) if mode == "Simple" else None,
+                         photo_kind(photo.data), server_overhead()["value"])
+
+
+def render_estimate(plans: list[estimate.Plan | None], count: int) -> None:
+    """Before Restore: how long this photo (or batch) should take on this server now."""
+    known = [p for p in plans if p is not None]
+    if not known:
+        return
+    total = sum(p.seconds for p in known)
+    unknown = sorted({s for p in known for s in p.unknown})
+    what = "this photo" if count == 1 else f"these {count} photos"
+    text = f"Estimated time for {what}: {estimate.describe_seconds(total)}"
+    if unknown:
+        names = ", ".join(plain.stage_name(s).lower() for s in unknown)
+        known_part = f"at least {estimate.describe_seconds(total)}" if total >= 1 else "not known yet"
+        text = (f"Estimated time for {what}: {known_part} "
+                f"(no estimate yet for {names}: this server has not done that since it started)")
+    st.caption(text)
+    st.session_state["estimate_shown"] = {"seconds": total, "unknown": unknown, "count": count}
+
+
+# ---------------------------------------------------------------------------------------------- one photo
 
 def stage_rows(status: dict) -> list[tuple[str, str, str]]:
     """(stage, state, note) for every stage of a job status, in chain order."""
     done = {d["stage"]: d for d in status.get("stages_done", [])}
-    skipped = {s["stage"]: s["reason"] for s in status.get("skipped", [])}
+    skipped = {s["stage"] for s in status.get("skipped", [])}
     error = status.get("error") or {}
     rows = []
     for name in status.get("stages", []):
         if name in done:
             rows.append((name, "done", f"{done[name]['ms'] / 1000:.1f} s"))
         elif name in skipped:
-            rows.append((name, "skipped", skipped[name]))
+            rows.append((name, "skipped", "not installed"))
         elif status.get("state") == "failed" and (error.get("stage") == name or status.get("stage") == name):
-            rows.append((name, "failed", error.get("message", "")))
+            rows.append((name, "failed", ""))
         elif status.get("state") == "running" and status.get("stage") == name:
             rows.append((name, "running", ""))
         elif status.get("state") == "cancelled":
@@ -211,14 +237,34 @@ def stage_rows(status: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def render_job(status: dict, container) -> None:
+def progress_text(status: dict, eta: estimate.Eta | None) -> str:
+    state = status.get("state", "?")
+    if state == "queued":
+        return "Waiting for the server…"
+    if state != "running":
+        return state
+    text = f"{plain.stage_name(status['stage'])}…" if status.get("stage") else "Working…"
+    if eta is not None and eta.remaining is not None:
+        text += f" {estimate.describe_seconds(eta.remaining)} left"
+    return text
+
+
+def job_eta(job: dict, status: dict) -> estimate.Eta | None:
+    if job.get("plan") is None:
+        return None
+    if status.get("state") == "running" and job.get("running_since") is None:
+        job["running_since"] = time.monotonic()
+    running_for = time.monotonic() - job["running_since"] if job.get("running_since") else 0.0
+    return estimate.eta(job["plan"], status, running_for)
+
+
+def render_job(status: dict, container, eta: estimate.Eta | None = None) -> None:
     with container.container():
-        state = status.get("state", "?")
-        st.progress(min(1.0, float(status.get("progress", 0))),
-                    text=f"Job {state}" + (f": {status['stage']}" if status.get("stage") and state == "running" else ""))
+        fraction = eta.fraction if eta is not None else float(status.get("progress", 0))
+        st.progress(min(1.0, fraction), text=progress_text(status, eta))
         lines = []
         for name, row_state, note in stage_rows(status):
-            text = f"{STATE_ICONS[row_state]} **{name}** {row_state}"
+            text = f"{STATE_ICONS[row_state]} **{plain.stage_name(name)}** {row_state}"
             if note and row_state != "skipped":
                 text += f" ({note})"
             lines.append(text)
@@ -234,28 +280,32 @@ def _cancel_job() -> None:
             st.session_state["job_error"] = exc
 
 
-def start_job(gw: Gateway, upload, fields: dict[str, str]) -> None:
-    data = upload.getvalue()
-    for stale in ("download", "job_error", "result", "last_status", "previews"):
+def clear_outcomes() -> None:
+    for stale in ("download", "job_error", "result", "last_status", "previews", "batch"):
         st.session_state.pop(stale, None)
+
+
+def start_job(gw: Gateway, photo: photos.Photo, fields: dict[str, str], plan: estimate.Plan | None) -> None:
+    clear_outcomes()
     try:
-        status = gw.submit_job(data, upload.name, fields)
+        status = gw.submit_job(photo.data, photo.name, fields)
     except GatewayError as exc:
         st.session_state["job_error"] = exc
         st.session_state["job"] = None
         return
-    st.session_state["job"] = {"id": status["id"], "status": status, "original": data, "name": upload.name}
+    st.session_state["job"] = {"id": status["id"], "status": status, "original": photo.data, "name": photo.name,
+                               "plan": plan, "running_since": None}
 
 
 def follow_job(gw: Gateway) -> None:
-    """Poll the active job, showing per-stage progress, until it reaches a final state."""
+    """Poll the active job, showing per-stage progress and the time left, until it reaches a final state."""
     job = st.session_state["job"]
     cancel_slot = st.empty()
     cancel_slot.button("Cancel", key="cancel", on_click=_cancel_job)
     placeholder = st.empty()
     status = job["status"]
     while status.get("state") not in FINAL_STATES:
-        render_job(status, placeholder)
+        render_job(status, placeholder, job_eta(job, status))
         time.sleep(POLL_S)
         try:
             status = gw.job(job["id"])
@@ -268,36 +318,53 @@ def follow_job(gw: Gateway) -> None:
     cancel_slot.empty()
     st.session_state["job"] = None
     st.session_state["last_status"] = status
+    fetch_stages.clear()     # the stages' throughput now includes this run
     if status["state"] == "done":
         try:
             result = gw.job_result(job["id"])
         except GatewayError as exc:
             st.session_state["job_error"] = exc
             return
+        learn_overhead(status, result.headers)
         st.session_state["result"] = {"id": job["id"], "png": result.image, "headers": result.headers,
                                       "original": job["original"], "name": job["name"], "status": status}
         st.session_state.pop("previews", None)
         st.session_state.pop("download", None)
 
 
-def render_outcome(status: dict) -> None:
-    """Final per-stage list plus a clear message for every skipped stage and any error."""
+def skipped_notes(skipped: list[dict], grayscale: bool | None) -> None:
+    for entry in skipped:
+        st.warning(plain.skipped_sentence(entry["stage"], plain.skipped_code(entry), grayscale=grayscale),
+                   icon=":material/skip_next:")
+
+
+def render_outcome(status: dict, original: bytes | None) -> None:
+    """The end of a single restore: what ran, what was skipped and why, in plain words."""
     state = status["state"]
     if state == "done":
-        ran = [d["stage"] for d in status.get("stages_done", [])]
+        ran = [plain.stage_name(d["stage"]).lower() for d in status.get("stages_done", [])]
         total = sum(d["ms"] for d in status.get("stages_done", [])) / 1000
-        st.success(f"Restored: {', '.join(ran) or 'no stage ran'} ({total:.1f} s)", icon=":material/check_circle:")
+        st.success(f"Restored in {total:.1f} s: {', '.join(ran) or 'nothing needed to run'}.",
+                   icon=":material/check_circle:")
     elif state == "cancelled":
-        st.warning("The job was cancelled.", icon=":material/cancel:")
+        st.warning("The restore was cancelled.", icon=":material/cancel:")
     elif state == "failed":
         error = status.get("error") or {}
-        where = f"stage **{error['stage']}**: " if error.get("stage") else ""
-        st.error(f"The restore failed at {where}{error.get('message', 'unknown error')} (`{error.get('code')}`)",
-                 icon=":material/error:")
-    for skipped in status.get("skipped", []):
-        st.warning(f"Skipped **{skipped['stage']}**: {skipped['reason']}", icon=":material/skip_next:")
-    with st.expander("Stages", expanded=False):
+        st.error("The restore failed. " + plain.error_sentence(error.get("code"), error.get("message", ""),
+                                                                 error.get("stage")), icon=":material/error:")
+        with st.expander("Details"):
+            st.caption(technical_details(error.get("code"), error.get("message", ""), error.get("stage")))
+    skipped_notes(status.get("skipped", []), photos.is_grayscale(original) if original else None)
+    with st.expander("Steps", expanded=False):
         render_job(status, st)
+
+
+def result_extras(result: dict) -> None:
+    """What individual steps decided about this photo, shown under the result.
+
+    Each step's display is one call here, with the result dict (``png``, ``original``, ``headers`` with the
+    stages' forwarded X-* headers, ``status``), e.g. a tone decision or a repair mask overlay.
+    """
 
 
 # ---------------------------------------------------------------------------------------------- finishing
@@ -307,33 +374,44 @@ def finish_settings() -> dict[str, float]:
     return live_preview.clean(st.session_state.get(FINISH_KEY), FINISH_SLIDERS)
 
 
-def preview_sources(result: dict, zoom: str) -> tuple[finishing.PreviewBase, bytes, bytes]:
+def preview_sources(result: dict, pixels: bool, centre: tuple[float, float]
+                    ) -> tuple[finishing.PreviewBase, bytes, bytes]:
     """Screen-sized copies of the result (PNG, finished live in the browser) and of the original (before)."""
     cache = st.session_state.setdefault("previews", {})
-    key = (result["id"], zoom)
+    key = (result["id"], pixels, centre if pixels else None)
     if key not in cache:
-        crop = zoom != "Fit"
-        after = finishing.make_base(result["png"], crop=crop)
+        after = finishing.make_base(result["png"], crop=pixels, centre=centre)
         before_full = finishing.decode_rgb8(result["original"], orient=True)
         before_full = finishing.resize_to(before_full, after.full_size)
-        before = finishing.make_base_from_rgb8(before_full, crop=crop)
+        before = finishing.make_base_from_rgb8(before_full, crop=pixels, centre=centre)
+        cache.clear()    # one view at a time: a 100 % view of a big result is large
         cache[key] = (after, live_preview.png_of_base(after), finishing.to_jpeg(finishing.preview(before, {})))
     return cache[key]
 
 
 @st.fragment
 def finishing_panel() -> None:
-    """Sliders and the before/after preview run in the browser (ui/finishing_component): a slider change is
-    drawn there without a server round trip; the chosen settings come back here for the download."""
+    """Presets, sliders and the page-wide before/after view run in the browser (ui/finishing_component): a
+    slider change is drawn there without a server round trip; the chosen settings come back here."""
     result = st.session_state.get("result")
     if not result:
         return
-    st.subheader("Finishing")
-    zoom = st.radio("Preview", ("Fit", "100 % (centre)"), key="zoom", horizontal=True)
-    base, after_png, before_jpeg = preview_sources(result, zoom)
+    st.subheader("Result and finishing")
+    cols = st.columns([2, 3])
+    view = cols[0].radio("View", VIEW_CHOICES, key="zoom", horizontal=True,
+                         help="The whole photo fitted to the page, or a part of it at 100 % (one photo pixel per "
+                              "screen pixel)")
+    pixels = view != VIEW_CHOICES[0]
+    centre = (0.5, 0.5)
+    if pixels:
+        pos = cols[1].columns(2)
+        centre = (pos[0].slider("Across", 0, 100, 50, 5, key="zoom_x", format="%d%%") / 100,
+                  pos[1].slider("Down", 0, 100, 50, 5, key="zoom_y", format="%d%%") / 100)
+    base, after_png, before_jpeg = preview_sources(result, pixels, centre)
     settings = live_preview.finishing_preview(
-        image_png=after_png, before_jpeg=before_jpeg, image_id=f"{result['id']}/{zoom}", scale=base.scale,
-        full_size=base.full_size, settings=finish_settings(), sliders=FINISH_SLIDERS, key=FINISH_KEY)
+        image_png=after_png, before_jpeg=before_jpeg, image_id=f"{result['id']}/{pixels}/{centre}",
+        scale=base.scale, full_size=base.full_size, settings=finish_settings(), sliders=FINISH_SLIDERS,
+        key=FINISH_KEY, pixels=pixels)
     st.session_state["preview_settings"] = settings
     download_panel(result, settings)
 
@@ -372,48 +450,205 @@ def describe_settings(settings: dict[str, float]) -> str:
             f"(radius {settings['sharpen_radius']:.1f} px, threshold {settings['sharpen_threshold']:.1f})")
 
 
+# ---------------------------------------------------------------------------------------------- batches
+
+def start_batch(items: list[photos.Photo], plans: list[estimate.Plan | None], fields: dict[str, str]) -> None:
+    clear_outcomes()
+    names = photos.result_names([p.name for p in items])
+    st.session_state["batch"] = {"fields": fields, "items": [
+        {"name": p.name, "result_name": n, "data": p.data, "plan": plan, "job": None, "status": None,
+         "error": None, "png": None, "running_since": None}
+        for p, n, plan in zip(items, names, plans)]}
+
+
+def _cancel_batch() -> None:
+    batch = st.session_state.get("batch")
+    if not batch:
+        return
+    gw = get_gateway(gateway_url())
+    for item in batch["items"]:
+        if item["error"] or (item["status"] or {}).get("state") in FINAL_STATES:
+            continue
+        if item["job"]:
+            try:
+                item["status"] = gw.cancel_job(item["job"])
+            except GatewayError:
+                pass
+        else:
+            item["status"] = {"state": "cancelled"}
+
+
+def item_state(item: dict) -> str:
+    if item["error"]:
+        return "failed"
+    return (item["status"] or {}).get("state", "waiting")
+
+
+def batch_step(gw: Gateway, batch: dict) -> bool:
+    """One polling round: submit waiting photos while there is room, poll the others; True when all are final."""
+    in_flight = sum(item_state(i) in ("queued", "running") for i in batch["items"])
+    for item in batch["items"]:
+        state = item_state(item)
+        if state == "waiting" and in_flight < BATCH_IN_FLIGHT:
+            try:
+                item["status"] = gw.submit_job(item["data"], item["name"], batch["fields"])
+                item["job"] = item["status"]["id"]
+                in_flight += 1
+            except GatewayError as exc:
+                if exc.code == "queue_full":      # the server is busy: this photo waits for the next round
+                    continue
+                item["error"] = {"code": exc.code, "message": exc.message, "stage": exc.stage}
+        elif state in ("queued", "running"):
+            try:
+                item["status"] = gw.job(item["job"])
+            except GatewayError as exc:
+                item["error"] = {"code": exc.code, "message": exc.message, "stage": exc.stage}
+                continue
+            if item["status"]["state"] == "done":
+                try:
+                    result = gw.job_result(item["job"])
+                    item["png"] = result.image
+                    learn_overhead(item["status"], result.headers)
+                except GatewayError as exc:
+                    item["error"] = {"code": exc.code, "message": exc.message, "stage": exc.stage}
+            elif item["status"]["state"] == "failed":
+                item["error"] = item["status"].get("error") or {"code": "internal_error", "message": ""}
+            if item_state(item) not in ("queued", "running"):
+                in_flight -= 1
+                item["data"] = b""     # the upload is no longer needed
+    return all(item_state(i) in ("done", "failed", "cancelled") for i in batch["items"])
+
+
+def render_batch_rows(batch: dict) -> None:
+    remaining_total: float | None = 0.0
+    for item in batch["items"]:
+        state = item_state(item)
+        status = item["status"] or {}
+        if state == "done":
+            total = sum(d["ms"] for d in status.get("stages_done", [])) / 1000
+            st.progress(1.0, text=f"✔ {item['name']}: restored in {total:.1f} s")
+        elif state == "failed":
+            st.progress(0.0, text=f"✖ {item['name']}: failed")
+        elif state == "cancelled":
+            st.progress(0.0, text=f"■ {item['name']}: cancelled")
+        else:
+            eta = job_eta(item, status) if status else None
+            if state == "waiting":
+                text = f"○ {item['name']}: waiting"
+                left = item["plan"].seconds if item["plan"] is not None and not item["plan"].unknown else None
+            else:
+                text = f"► {item['name']}: {progress_text(status, eta)}"
+                left = eta.remaining if eta is not None else None
+            if remaining_total is not None:
+                remaining_total = None if left is None else remaining_total + left
+            st.progress(eta.fraction if eta is not None else 0.0, text=text)
+    if remaining_total:
+        st.caption(f"All photos: {estimate.describe_seconds(remaining_total)} left")
+
+
+def follow_batch(gw: Gateway) -> None:
+    batch = st.session_state["batch"]
+    cancel_slot = st.empty()
+    cancel_slot.button("Cancel all", key="cancel_batch", on_click=_cancel_batch)
+    placeholder = st.empty()
+    while True:
+        finished = batch_step(gw, batch)
+        with placeholder.container():
+            render_batch_rows(batch)
+        if finished:
+            break
+        time.sleep(POLL_S)
+    cancel_slot.empty()
+    placeholder.empty()
+    batch["finished"] = True
+    fetch_stages.clear()
+
+
+def render_batch_outcome(batch: dict) -> None:
+    items = batch["items"]
+    done = [i for i in items if item_state(i) == "done" and i["png"]]
+    failed = [i for i in items if item_state(i) == "failed"]
+    if done:
+        st.success(f"{len(done)} of {len(items)} photos restored.", icon=":material/check_circle:")
+        archive = photos.zip_of([(i["result_name"], i["png"]) for i in done])
+        st.download_button(f"Download all ({len(done)} photos, zip, {len(archive) / 1e6:.1f} MB)", archive,
+                           file_name="restored-photos.zip", mime="application/zip", key="batch_download",
+                           on_click="ignore", type="primary")
+    else:
+        st.error("No photo could be restored.", icon=":material/error:")
+    if failed:
+        st.markdown("**Not restored:**")
+        for item in failed:
+            error = item["error"] or {}
+            st.error(f"**{item['name']}**: " + plain.error_sentence(error.get("code"), error.get("message", ""),
+                                                                       error.get("stage")), icon=":material/error:")
+        with st.expander("Details"):
+            for item in failed:
+                error = item["error"] or {}
+                st.caption(f"{item['name']}: " + technical_details(error.get("code"), error.get("message", ""),
+                                                                     error.get("stage")))
+    skipped = {}
+    for item in done:
+        for entry in item["status"].get("skipped", []):
+            skipped.setdefault(entry["stage"], entry)
+    skipped_notes(list(skipped.values()), None)
+    with st.expander("Rows", expanded=False):
+        render_batch_rows(batch)
+
+
 # ---------------------------------------------------------------------------------------------- page
 
-def describe_upload(name: str, data: bytes) -> str:
-    """'name: W×H px, N MB' from the header alone (the gateway does the real decoding and checks)."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return f"{name}: {im.width}×{im.height} px, {len(data) / 1e6:.1f} MB"
-    except Exception:
-        return f"{name}: {len(data) / 1e6:.1f} MB (not a readable image header)"
-
-
 def main() -> None:
-    st.set_page_config(page_title="Old-photo restoration", page_icon=":material/photo:", layout="wide")
+    st.set_page_config(page_title="Old-photo restoration", page_icon=":material/photo_library:", layout="wide")
     url = gateway_url()
     gw = get_gateway(url)
     st.title("Old-photo restoration")
-    st.sidebar.caption(f"Gateway: {url}")
-    if st.sidebar.button("Refresh", key="refresh_stages"):
-        fetch_stages.clear()
     try:
         stages = fetch_stages(url)
     except GatewayError as exc:
         stages = None
-        show_error(exc, "Stage list unavailable: ")
-    if stages is not None:
-        render_availability(stages)
+        show_error(exc, "The server's list of steps is unavailable. ")
+    server_panel.render(stages, url, fetch_stages.clear)
 
     mode = st.radio("Mode", ("Simple", "Advanced"), key="mode", horizontal=True)
-    upload = st.file_uploader("Photo (JPEG or PNG)", type=["jpg", "jpeg", "png"], key="upload")
-    if upload is not None:
-        st.caption(describe_upload(upload.name, upload.getvalue()))
-    fields = simple_controls(stages) if mode == "Simple" else advanced_controls(stages)
-    busy = bool(st.session_state.get("job"))
-    if st.button("Restore", key="restore", type="primary", disabled=upload is None or fields is None or busy):
-        start_job(gw, upload, fields)
+    uploads = st.file_uploader("Photos (JPEG or PNG; several at once, or a zip, for a batch)",
+                               type=["jpg", "jpeg", "png", "zip"], accept_multiple_files=True, key="upload")
+    items, problems = photos.expand_uploads([(u.name, u.getvalue()) for u in uploads or []])
+    for name, why in problems:
+        st.warning(f"{name}: {why}", icon=":material/warning:")
+    is_batch = len(items) > 1 or any(u.name.lower().endswith(".zip") for u in uploads or [])
+    if len(items) == 1 and not is_batch:
+        st.caption(items[0].describe())
+    elif items:
+        st.caption(f"{len(items)} photos: " + ", ".join(p.name for p in items))
+    fields, steps = simple_controls(stages) if mode == "Simple" else advanced_controls(stages)
+    if mode == "Simple" and len(items) == 1 and not is_batch:
+        fields = repair_review.review(gw, items[0], fields)
+    plans = [photo_plan(stages, steps, p, mode) for p in items]
+    busy = bool(st.session_state.get("job")) or bool((st.session_state.get("batch") or {}).get("items")
+                                                       and not st.session_state["batch"].get("finished"))
+    if items and fields is not None:
+        render_estimate(plans, len(items))
+    if st.button("Restore", key="restore", type="primary", disabled=not items or fields is None or busy):
+        if is_batch:
+            start_batch(items, plans, fields)
+        else:
+            start_job(gw, items[0], fields, plans[0])
     if st.session_state.get("job"):
         follow_job(gw)
+    batch = st.session_state.get("batch")
+    if batch and not batch.get("finished"):
+        follow_batch(gw)
+    if batch and batch.get("finished"):
+        render_batch_outcome(batch)
     error = st.session_state.get("job_error")
     if error is not None:
-        show_error(error, "Could not run the job: ")
+        show_error(error, "The restore could not start. ")
     if st.session_state.get("last_status"):
-        render_outcome(st.session_state["last_status"])
+        result = st.session_state.get("result")
+        render_outcome(st.session_state["last_status"], result["original"] if result else None)
+        if result:
+            result_extras(result)
     finishing_panel()
 
 

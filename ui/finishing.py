@@ -16,8 +16,17 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-PREVIEW_MAX_SIDE = 1024
+PREVIEW_MAX_SIDE = 1024          # the copy finished live in the page; the "fit" view scales it to the page width
+PIXEL_VIEW_SIZE = (1280, 800)    # (width, height) of the part shown at 100 % (about as many pixels)
 DEFAULTS = {"blur_sigma": 0.0, "sharpen_amount": 0.0, "sharpen_radius": 1.0, "sharpen_threshold": 0.0}
+# Starting points for the sliders (full-size pixels). Upscaled portraits tend to look over-sharpened: a
+# little blur smooths skin and grain, and the threshold keeps the gentle sharpening off flat areas.
+PRESETS: dict[str, dict[str, float]] = {
+    "None": dict(DEFAULTS),
+    "Portrait": {"blur_sigma": 0.6, "sharpen_amount": 0.35, "sharpen_radius": 1.5, "sharpen_threshold": 4.0},
+    "Landscape": {"blur_sigma": 0.0, "sharpen_amount": 0.8, "sharpen_radius": 1.2, "sharpen_threshold": 1.0},
+    "Document / print": {"blur_sigma": 0.0, "sharpen_amount": 1.5, "sharpen_radius": 0.7, "sharpen_threshold": 2.0},
+}
 
 
 @dataclass(frozen=True)
@@ -66,16 +75,31 @@ def resize_to(rgb8: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(rgb8, tuple(size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def make_base(data: bytes, max_side: int = PREVIEW_MAX_SIDE, crop: bool = False) -> PreviewBase:
-    """``crop=False``: the whole image fitted to ``max_side``; ``crop=True``: a centre crop at 100 %."""
-    return make_base_from_rgb8(decode_rgb8(data), max_side, crop)
+def make_base(data: bytes, max_side: int = PREVIEW_MAX_SIDE, crop: bool = False,
+              centre: tuple[float, float] = (0.5, 0.5)) -> PreviewBase:
+    """``crop=False``: the whole image fitted to ``max_side``; ``crop=True``: a part at 100 % around
+    ``centre`` (fractions of the width and height)."""
+    return make_base_from_rgb8(decode_rgb8(data), max_side, crop, centre)
 
 
-def make_base_from_rgb8(rgb8: np.ndarray, max_side: int = PREVIEW_MAX_SIDE, crop: bool = False) -> PreviewBase:
+def crop_box(size: tuple[int, int], centre: tuple[float, float],
+             view: tuple[int, int] = PIXEL_VIEW_SIZE) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of the 100 % view of an image of ``size`` around ``centre``."""
+    box = []
+    for full, part, at in zip(size, view, centre):
+        part = min(full, part)
+        start = round(min(1.0, max(0.0, at)) * full - part / 2)
+        box.append((min(max(0, start), full - part), part))
+    (left, width), (top, height) = box
+    return left, top, width, height
+
+
+def make_base_from_rgb8(rgb8: np.ndarray, max_side: int = PREVIEW_MAX_SIDE, crop: bool = False,
+                        centre: tuple[float, float] = (0.5, 0.5)) -> PreviewBase:
     height, width = rgb8.shape[:2]
     if crop:
-        top, left = max(0, (height - max_side) // 2), max(0, (width - max_side) // 2)
-        small, scale = rgb8[top:top + max_side, left:left + max_side], 1.0
+        left, top, w, h = crop_box((width, height), centre)
+        small, scale = rgb8[top:top + h, left:left + w], 1.0
     else:
         small, scale = fit(rgb8, max_side)
     return PreviewBase(np.ascontiguousarray(small, dtype=np.float32) * np.float32(1 / 255), scale, (width, height))

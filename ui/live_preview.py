@@ -47,10 +47,14 @@ def clean(value: Any, sliders) -> dict[str, float]:
 
 def finishing_preview(*, image_png: bytes, before_jpeg: bytes, image_id: str, scale: float,
                       full_size: tuple[int, int], settings: dict[str, float], sliders, key: str,
-                      max_height: int = 720) -> dict[str, float]:
-    """Show the live finishing panel; returns the settings the user chose (``settings`` until they do)."""
+                      max_height: int = 860, pixels: bool = False,
+                      presets: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
+    """Show the live finishing panel (preset buttons, sliders, a page-wide before/after view; ``pixels``:
+    at 100 %); returns the settings the user chose (``settings`` until they do)."""
+    presets = finishing.PRESETS if presets is None else presets
     value = _component(image=image_png, before=before_jpeg, before_mime="image/jpeg", image_id=image_id,
                        scale=float(scale), full_size=list(full_size), settings=settings,
                        defaults=finishing.DEFAULTS, sliders=[list(s) for s in sliders], max_height=max_height,
+                       pixels=pixels, presets=[[name, p] for name, p in presets.items()],
                        before_label="Original", after_label="Restored", key=key, default=settings)
     return clean(value, sliders)

@@ -18,8 +18,8 @@ from shared.tiling import process_tiled
 from .blur_auto import decide
 from .models import INCEPTION, MAXIM, MOBILENET, MODEL_FILES, SPECS, DeblurModels
 
-# tile geometry per model, from the specs (bench/deblur.py reads it too)
-TILING = {spec.name: spec.tiling.as_dict() for spec in SPECS}
+# tile geometry per model, from the specs (bench/deblur.py reads it too); MAXIM plans its own windows
+TILING = {spec.name: spec.tiling.as_dict() for spec in SPECS if spec.name != MAXIM}
 
 PARAMS = (
     Param("mode", "enum", "auto", "auto = measure the blur first: a sharp photo is returned unchanged, a defocused "
@@ -74,7 +74,10 @@ def make_deblur(models: DeblurModels):
         if strength == 0.0:
             return picture
         rgb = np.ascontiguousarray(picture.rgb, dtype=np.float32)
-        result = deblur_array(rgb, runner, ctx=ctx.sub_progress(0.0, 0.98), **tiling_for(name, *rgb.shape[:2]))
+        if name == MAXIM:  # MAXIM plans its own windows (the fewest that fit its memory budget)
+            result = runner.deblur(rgb, ctx=ctx.sub_progress(0.0, 0.98))
+        else:
+            result = deblur_array(rgb, runner, ctx=ctx.sub_progress(0.0, 0.98), **tiling_for(name, *rgb.shape[:2]))
         if strength < 1.0:
             result = rgb + np.float32(strength) * (result - rgb)
         if is_grayscale(picture.rgb):

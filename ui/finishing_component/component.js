@@ -3,6 +3,8 @@
 // the original at the same size (JPEG, "before"), the scale and the current settings. Sliders change the
 // preview here, in the page; the chosen settings go back to Python (setComponentValue) when a slider is
 // released, or a moment after the last change, so "Apply to the full image" uses the same values.
+// Presets (sent by Python) set every slider at once; the sliders stay adjustable afterwards. The view is
+// page-wide: "fit" scales the copy to the page, "pixels" shows it at 100 % (one image pixel per CSS pixel).
 "use strict";
 
 (function () {
@@ -22,7 +24,7 @@
   const state = {
     imageId: null, scale: 1, fullSize: [0, 0], finisher: null, imageData: null, ctx: null,
     settings: null, sent: null, inputs: {}, pendingSince: null, frameRequested: false, sendTimer: null,
-    lastComputeMs: null, loading: null,
+    lastComputeMs: null, loading: null, presets: [], presetButtons: [],
   };
   // measurements read by the browser test and bench: one entry per drawn frame
   window.__finish = { state: state, frames: [], ready: false };
@@ -72,17 +74,59 @@
     box.append(reset);
   }
 
+  function buildPresets(presets) {
+    const box = $("presets");
+    box.textContent = "";
+    state.presets = presets || [];
+    state.presetButtons = [];
+    if (!state.presets.length) return;
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = "Preset:";
+    box.append(label);
+    for (const [name, settings] of state.presets) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = name;
+      button.dataset.preset = name;
+      button.setAttribute("aria-pressed", "false");
+      button.addEventListener("click", (event) => {
+        state.settings = Object.assign({}, state.defaults, settings);
+        syncInputs();
+        requestDraw(event.timeStamp);
+        sendSoon(0);
+      });
+      box.append(button);
+      state.presetButtons.push([button, settings]);
+    }
+    markPreset();
+  }
+
+  // the preset whose values the sliders show now (none after a slider is moved away from it)
+  function markPreset() {
+    let active = null;
+    for (const [button, settings] of state.presetButtons) {
+      const full = Object.assign({}, state.defaults, settings);
+      const same = Object.keys(state.inputs).every((k) => Math.abs(full[k] - state.settings[k]) < 1e-9);
+      button.setAttribute("aria-pressed", same && !active ? "true" : "false");
+      if (same && !active) active = button.dataset.preset;
+    }
+    window.__finish.preset = active;
+  }
+
   function syncInputs() {
     for (const [key, entry] of Object.entries(state.inputs)) {
       entry.input.value = state.settings[key];
       entry.out.textContent = fmt(state.settings[key], entry.step);
     }
+    markPreset();
   }
 
   function onInput(key, event) {
     const entry = state.inputs[key];
     state.settings[key] = parseFloat(entry.input.value);
     entry.out.textContent = fmt(state.settings[key], entry.step);
+    markPreset();
     requestDraw(event.timeStamp);
     sendSoon(SEND_DELAY_MS);
   }
@@ -114,9 +158,12 @@
     window.__finish.frames.push(record);
     requestAnimationFrame(() => { record.input_to_next_frame_ms = since === null ? null : performance.now() - since; });
     const [w, h] = state.fullSize;
-    $("caption").textContent = `Restored image ${w}×${h} px; preview ${state.imageData.width}×` +
-      `${state.imageData.height} computed in your browser in ${state.lastComputeMs.toFixed(0)} ms. ` +
-      "Drag across the image to compare.";
+    const part = state.imageData.width < w || state.imageData.height < h;
+    const what = state.pixels
+      ? (part ? `a ${state.imageData.width}×${state.imageData.height} part at 100 %` : "the whole photo at 100 %")
+      : `preview ${state.imageData.width}×${state.imageData.height}`;
+    $("caption").textContent = `Restored image ${w}×${h} px; ${what} computed in your browser in ` +
+      `${state.lastComputeMs.toFixed(0)} ms. Drag across the image to compare.`;
   }
 
   function sendSoon(delay) {
@@ -147,9 +194,12 @@
     return { rgb: rgb, width: bitmap.width, height: bitmap.height };
   }
 
-  function layout(width, height, maxHeight) {
+  // "pixels": one image pixel per CSS pixel, scrollable; otherwise as wide as the page allows, and no
+  // taller than maxHeight (portrait photos stay on screen)
+  function layout(width, height, maxHeight, pixels) {
     const cmp = $("cmp");
-    const cssWidth = Math.max(100, Math.min(width, Math.round(maxHeight * width / height)));
+    $("viewport").classList.toggle("pixels", !!pixels);
+    const cssWidth = pixels ? width : Math.max(100, Math.round(maxHeight * width / height));
     cmp.style.width = cssWidth + "px";
     cmp.style.aspectRatio = `${width} / ${height}`;
   }
@@ -169,7 +219,7 @@
     if (before.dataset.url) URL.revokeObjectURL(before.dataset.url);
     before.dataset.url = URL.createObjectURL(new Blob([args.before], { type: args.before_mime || "image/jpeg" }));
     before.src = before.dataset.url;
-    layout(decoded.width, decoded.height, args.max_height || 720);
+    layout(decoded.width, decoded.height, args.max_height || 720, args.pixels);
     state.imageId = id;
     requestDraw(null);
     window.__finish.ready = true;
@@ -192,12 +242,14 @@
       state.settings = Object.assign({}, args.defaults, args.settings);
       state.sent = JSON.stringify(state.settings);
       buildControls(args.sliders);
+      buildPresets(args.presets);
       syncInputs();
     }
     $("before-tag").textContent = args.before_label || "Original";
     $("after-tag").textContent = args.after_label || "Restored";
     state.scale = args.scale;
     state.fullSize = args.full_size;
+    state.pixels = !!args.pixels;
     if (args.image_id !== state.imageId && args.image_id !== state.loading) {
       window.__finish.ready = false;
       loadImage(args).catch((err) => { $("caption").textContent = "Preview failed: " + err; });

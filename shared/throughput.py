@@ -1,0 +1,85 @@
+"""A stage's recent processing speed, for time estimates: recorded by ``/process``, reported by ``/info``.
+
+Every successful request adds (seconds, input megapixels) to a small ring buffer, overall and per parameter
+set and kind of input (the JSON of the params as sent, so a caller that knows what it will send can look up
+the matching entry: upscale x4 and "enhance" cost very different amounts per megapixel; and "gray" or
+"color", because a classical stage works on one plane of a gray picture but three of a colour one). The report keeps the contract's
+``seconds_per_mp`` (total seconds / total megapixels of the recent requests, null before the first) and adds
+a fit ``seconds = seconds_per_request + seconds_per_mp_fit * megapixels``, because small photos are
+dominated by a fixed cost per request (decode, encode, model warm-up) that a plain ratio would spread over
+their few pixels.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict, deque
+from typing import Any
+
+RECENT_REQUESTS = 32      # ring buffer length, overall and per parameter set
+PARAM_SETS = 16           # distinct parameter sets remembered (least recently used dropped first)
+
+
+def params_key(params: dict[str, Any]) -> str:
+    """The lookup key of a parameter set: its JSON with sorted keys (what the UI computes too)."""
+    return json.dumps(params, sort_keys=True, separators=(",", ":"))
+
+
+def summarize(samples) -> dict[str, Any]:
+    """{"seconds_per_mp", "samples", "seconds_per_request", "seconds_per_mp_fit"} of (seconds, mp) pairs."""
+    n = len(samples)
+    if n == 0:
+        return {"seconds_per_mp": None, "samples": 0, "seconds_per_request": None, "seconds_per_mp_fit": None}
+    total_s = sum(s for s, _ in samples)
+    total_mp = sum(mp for _, mp in samples)
+    ratio = total_s / total_mp if total_mp > 0 else None
+    if total_mp <= 0:
+        return {"seconds_per_mp": None, "samples": n, "seconds_per_request": total_s / n, "seconds_per_mp_fit": 0.0}
+    sizes = [mp for _, mp in samples if mp > 0]
+    fixed = 0.0
+    # The fixed cost is only told apart from the per-megapixel cost when the sizes differ a lot; then it is
+    # the least-squares intercept, kept between 0 and the fastest request (content and load make single
+    # requests noisy, and a wild intercept would price a small photo like a big one).
+    if len(sizes) >= 2 and max(sizes) >= 3 * min(sizes):
+        mean_mp, mean_s = total_mp / n, total_s / n
+        spread = sum((mp - mean_mp) ** 2 for _, mp in samples)
+        slope_fit = sum((mp - mean_mp) * (s - mean_s) for s, mp in samples) / spread
+        fixed = min(max(0.0, mean_s - slope_fit * mean_mp), min(s for s, _ in samples))
+    slope = max(0.0, (total_s - n * fixed) / total_mp)
+    return {"seconds_per_mp": ratio, "samples": n, "seconds_per_request": fixed, "seconds_per_mp_fit": slope}
+
+
+class Throughput:
+    """Thread-safe recent (seconds, megapixels) samples of one stage."""
+
+    def __init__(self, size: int = RECENT_REQUESTS, param_sets: int = PARAM_SETS):
+        self.size, self.param_sets = size, param_sets
+        self.recent: deque[tuple[float, float, str | None]] = deque(maxlen=size)
+        self.by_params: OrderedDict[tuple[str, str | None], deque[tuple[float, float]]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def record(self, seconds: float, megapixels: float, params: dict[str, Any] | None = None,
+               kind: str | None = None) -> None:
+        """One finished request; ``kind``: "gray" or "color" input (None: not known)."""
+        if not (seconds >= 0 and megapixels >= 0):
+            return
+        sample = (float(seconds), float(megapixels))
+        with self.lock:
+            self.recent.append((*sample, kind))
+            if params is not None:
+                key = (params_key(params), kind)
+                entry = self.by_params.pop(key, None) or deque(maxlen=self.size)
+                entry.append(sample)
+                self.by_params[key] = entry
+                while len(self.by_params) > self.param_sets:
+                    self.by_params.popitem(last=False)
+
+    def report(self) -> dict[str, Any]:
+        with self.lock:
+            recent = list(self.recent)
+            by_params = {key: list(samples) for key, samples in self.by_params.items()}
+        kinds = sorted({kind for _, _, kind in recent if kind})
+        return {**summarize([(s, mp) for s, mp, _ in recent]),
+                "by_input": {kind: summarize([(s, mp) for s, mp, k in recent if k == kind]) for kind in kinds},
+                "by_params": [{"params": json.loads(key), "input": kind, **summarize(samples)}
+                              for (key, kind), samples in by_params.items()]}
