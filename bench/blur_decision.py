@@ -130,12 +130,15 @@ class MaximCache:
         path = self.directory / f"{key}.npy"
         if path.is_file():
             return np.load(path)
-        if self._runner is None:
-            from services.deblur.models import MAXIM, DeblurModels
-            self._runner = DeblurModels().get(MAXIM)[1]
+        if self._runner is None:  # the stage's own force path: whatever backend and windows it uses
+            from services.deblur.models import DeblurModels
+            from services.deblur.stage import make_deblur
+            self._runner = make_deblur(DeblurModels())
         from services.deblur.models import MAXIM
-        from services.deblur.stage import deblur_array, tiling_for
-        out = deblur_array(rgb, self._runner, **tiling_for(MAXIM, *rgb.shape[:2])).astype(np.float32)
+        from shared.contract import StageContext
+        from shared.imaging import Picture
+        out = self._runner(Picture(rgb=rgb), {"mode": "force", "model": MAXIM, "strength": 1.0},
+                           StageContext()).rgb.astype(np.float32)
         np.save(path, out)
         self.computed += 1
         return out
