@@ -42,6 +42,8 @@ bench: install provision
 	$(BIN)/python -m bench.preview
 	$(BIN)/python -m bench.repair
 	$(BIN)/python -m bench.tone
+	$(BIN)/python -m bench.blur_decision
+	$(BIN)/python -m bench.simple
 
 compose-config:
 	docker-compose config -q

@@ -9,7 +9,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from starlette.concurrency import run_in_threadpool
+
 from shared.contract import InvalidParams, StageError, parse_json_field, validate_against_schema
+from shared.imaging import PNG_MEDIA_TYPE, RASTER_MAGIC, RASTER_MEDIA_TYPE, decode_any, encode_png
 
 from .client import StageClient
 
@@ -178,7 +181,9 @@ async def run_chain(client: StageClient, image: bytes, steps: list[Step],
     id ``<request_id_prefix>.<step index>`` so its progress can be asked for.
     """
     outcome = outcome if outcome is not None else ChainOutcome(image=None)
-    current = image
+    current, current_type = image, PNG_MEDIA_TYPE
+    if start and bytes(image[:len(RASTER_MAGIC)]) == RASTER_MAGIC:  # resumed from a saved intermediate image
+        current_type = RASTER_MEDIA_TYPE
     for index in range(start, len(steps)):
         step = steps[index]
         if on_step_start is not None:
@@ -186,7 +191,9 @@ async def run_chain(client: StageClient, image: bytes, steps: list[Step],
         started = time.perf_counter()
         request_id = f"{request_id_prefix}.{index}" if request_id_prefix else None
         try:
-            result = await client.process(step.service, current, step.params, request_id=request_id)
+            # Between stages the raster transport; the last stage answers the PNG the user gets.
+            result = await client.process(step.service, current, step.params, request_id=request_id,
+                                          media_type=current_type, final=index == len(steps) - 1)
         except StageError as exc:
             if exc.status == 503 and exc.code == "model_unavailable" and step.skip_if_unavailable:
                 outcome.skipped.append((step.name, exc.message))
@@ -199,8 +206,10 @@ async def run_chain(client: StageClient, image: bytes, steps: list[Step],
         for key, value in result.headers.items():
             if key.lower().startswith(FORWARDED_HEADER_PREFIXES):
                 outcome.forwarded_headers[key] = value
-        current = result.image
+        current, current_type = result.image, result.media_type
         outcome.image = current
         if on_step_done is not None:
             await on_step_done(index, outcome)
+    if outcome.image is not None and current_type != PNG_MEDIA_TYPE:  # the last step(s) were skipped
+        outcome.image = await run_in_threadpool(lambda: encode_png(decode_any(current, max_pixels=1 << 40)))
     return outcome

@@ -9,6 +9,7 @@ import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from shared.contract import StageError
+from shared.imaging import PNG_MEDIA_TYPE, RASTER_MEDIA_TYPE
 
 from .balancer import Replica, ReplicaSet
 from .settings import Settings
@@ -29,9 +30,16 @@ def _should_retry(exc: BaseException) -> bool:
     return isinstance(exc, RETRYABLE_TRANSPORT_ERRORS + (RetryableStatus,))
 
 
+# What the gateway asks a stage to answer in: the raster transport between stages (a copy instead of a PNG
+# encode and decode per hop), PNG when the answer goes straight to the user.
+ACCEPT_RASTER = f"{RASTER_MEDIA_TYPE}, {PNG_MEDIA_TYPE};q=0.5"
+ACCEPT_PNG = PNG_MEDIA_TYPE
+
+
 @dataclass
 class StageResult:
     image: bytes
+    media_type: str            # PNG_MEDIA_TYPE or RASTER_MEDIA_TYPE
     gateway_ms: float          # wall time seen by the gateway, transfers and retries included
     stage_ms: float | None     # the stage's own X-Process-Time-Ms
     headers: dict[str, str]
@@ -58,15 +66,22 @@ class StageClient:
                              wait=wait_exponential(multiplier=0.2, max=self.settings.retry_max_wait),
                              retry=retry_if_exception(_should_retry), reraise=True)
 
-    async def process(self, service: str, image: bytes, params: dict, request_id: str | None = None) -> StageResult:
+    async def process(self, service: str, image: bytes, params: dict, request_id: str | None = None, *,
+                      media_type: str = PNG_MEDIA_TYPE, final: bool = True) -> StageResult:
         """POST to one replica per attempt; a replica that failed is not tried again by the same request.
 
         ``request_id`` goes out as X-Request-Id so that ``progress`` can ask the stage how far it is. Cancelling
-        the calling task closes the connection, which is the stage's signal to stop working.
+        the calling task closes the connection, which is the stage's signal to stop working. ``media_type``
+        labels ``image``. A ``final`` answer (the one the user gets) is PNG; an intermediate one comes in the
+        raster transport unless settings say PNG.
         """
         replicas = self.replicas[service]
         tried: set[str] = set()
-        headers = {"X-Request-Id": request_id} if request_id else None
+        accept = ACCEPT_PNG if final or self.settings.stage_transport == "png" else ACCEPT_RASTER
+        headers = {"Accept": accept}
+        if request_id:
+            headers["X-Request-Id"] = request_id
+        filename = "image.raw" if media_type == RASTER_MEDIA_TYPE else "image.png"
         started = time.perf_counter()
         url = replicas.urls[0] + "/process"
         try:
@@ -79,7 +94,7 @@ class StageClient:
                         self._serving[request_id] = replica
                     try:
                         response = await self.http.post(
-                            url, files={"image": ("image.png", image, "image/png")},
+                            url, files={"image": (filename, image, media_type)},
                             data={"params": json.dumps(params)}, headers=headers, timeout=self._timeout(service))
                     except httpx.TransportError:
                         replicas.release(replica, failed=True)
@@ -109,7 +124,8 @@ class StageClient:
         if response.status_code != 200:
             raise _stage_failure(service, response)
         stage_ms = response.headers.get("x-process-time-ms")
-        return StageResult(response.content, gateway_ms, float(stage_ms) if stage_ms else None,
+        answered = response.headers.get("content-type", PNG_MEDIA_TYPE).split(";")[0].strip().lower()
+        return StageResult(response.content, answered, gateway_ms, float(stage_ms) if stage_ms else None,
                            dict(response.headers))
 
     async def progress(self, request_id: str) -> float | None:

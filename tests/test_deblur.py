@@ -373,7 +373,7 @@ def test_http_maxim_process(stack, maxim, blurred_pair):
     url = stack.url("deblur")
     assert httpx.get(url + "/info").json()["models"][MAXIM]["available"]
     reply = httpx.post(url + "/process", files={"image": ("b.png", png_bytes(crop))},
-                       data={"params": json.dumps({"model": MAXIM})}, timeout=300)
+                       data={"params": json.dumps({"model": MAXIM, "mode": "force"})}, timeout=300)
     assert reply.status_code == 200, reply.text
     assert reply.headers["X-Deblur-Model"] == MAXIM and reply.headers["X-Image-Size"] == "40x48"
     out = np.asarray(Image.open(io.BytesIO(reply.content)).convert("RGB"), dtype=np.float32) / 255
