@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from shared.contract import InvalidParams, StageError, parse_json_field, validate_against_schema
+from shared.imaging import oriented_size
 
 from .client import StageClient
 
@@ -66,12 +67,12 @@ def parse_upscale(value: str) -> dict[str, Any] | None:
     if text in ("x2", "x4"):
         return {"scale": float(text[1:])}
     try:
-        factor = float(text.lstrip("x"))
+        factor = float(text.removeprefix("x"))
     except ValueError:
         raise InvalidParams("'upscale' must be none, x2, x4, enhance or a factor such as 1.5",
                             field="upscale") from None
     if not 1 < factor <= 8:
-        raise InvalidParams(f"upscale factor {factor} is out of range (1, 8]", field="upscale")
+        raise InvalidParams("upscale factor is out of range (1, 8]", field="upscale")
     return {"scale": factor}
 
 
@@ -144,6 +145,24 @@ async def build_advanced_steps(client: StageClient, chain: list[tuple[str, dict]
     return steps
 
 
+def skip_reason(exc: StageError) -> str:
+    """What X-Skipped-Reasons says: the model and how to fetch it, not the stage's internal reason."""
+    model, fetch = exc.details.get("model"), exc.details.get("fetch_command")
+    if model and fetch:
+        return f"model '{model}' is not available; fetch it with: {fetch}"
+    return "the stage's model is not available"
+
+
+def expected_output_size(step: Step, size: tuple[int, int]) -> tuple[int, int] | None:
+    """The size a step's answer must have, where the gateway can know it (None: any size)."""
+    if step.service != "upscale" or step.params.get("enhance"):
+        return size
+    scale = step.params.get("scale")
+    if isinstance(scale, (int, float)):
+        return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+    return None
+
+
 ProgressHook = Callable[[str, int, int], Awaitable[None]]
 
 
@@ -152,15 +171,18 @@ async def run_chain(client: StageClient, image: bytes, steps: list[Step],
     """Run ``steps`` in order; ``outcome`` (filled as the chain goes) lets a caller watch progress live."""
     outcome = outcome if outcome is not None else ChainOutcome(image=None)
     current = image
+    size = oriented_size(image)
+    max_pixels = client.settings.largest_result_pixels
     for index, step in enumerate(steps):
         if on_step_start is not None:
             await on_step_start(step.name, index, len(steps))
         started = time.perf_counter()
         try:
-            result = await client.process(step.service, current, step.params)
+            result = await client.process(step.service, current, step.params,
+                                          expected_size=expected_output_size(step, size), max_pixels=max_pixels)
         except StageError as exc:
             if exc.status == 503 and exc.code == "model_unavailable" and step.skip_if_unavailable:
-                outcome.skipped.append((step.name, exc.message))
+                outcome.skipped.append((step.name, skip_reason(exc)))
                 continue
             exc.stage = step.name
             raise
@@ -168,6 +190,6 @@ async def run_chain(client: StageClient, image: bytes, steps: list[Step],
         for key, value in result.headers.items():
             if key.lower().startswith(FORWARDED_HEADER_PREFIXES):
                 outcome.forwarded_headers[key] = value
-        current = result.image
+        current, size = result.image, result.size
         outcome.image = current
     return outcome

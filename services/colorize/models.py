@@ -18,6 +18,8 @@ import numpy as np
 
 from shared.model_store import LoadedModels, ModelFile, ModelStore
 from shared.torch_weights import load_strict, read_state_dict, select_torch_device
+from shared.settings import cached_settings
+from .settings import ColorizeSettings
 
 STAGE = "colorize"
 FETCH = "python -m services.colorize.fetch"
@@ -108,8 +110,8 @@ class ColorizeModels(LoadedModels):
     def _load_runner(name: str, path: Path) -> NetworkRunner:
         net = load_network(name, path)
         device = select_torch_device()
-        threads = os.environ.get("COLORIZE_THREADS")
-        if threads:
+        configured = cached_settings(ColorizeSettings)
+        if configured.colorize_threads:
             import torch
-            torch.set_num_threads(int(threads))
-        return NetworkRunner(net.to(device), device, bf16=os.environ.get(BF16_ENV) == "1")
+            torch.set_num_threads(configured.colorize_threads)
+        return NetworkRunner(net.to(device), device, bf16=configured.colorize_cpu_bf16)

@@ -30,6 +30,8 @@ import numpy as np
 from shared.contract import ModelUnavailable
 from shared.model_store import LoadedModels, ModelFile, ModelStore, sha256_of
 from shared.torch_weights import load_strict, read_state_dict, select_torch_device
+from shared.settings import cached_settings
+from .settings import DeblurSettings
 
 log = logging.getLogger("restore.deblur")
 
@@ -55,7 +57,7 @@ CONVERT_REQUIREMENTS = ("tensorflow-cpu==2.21.0", "tf2onnx==1.17.0", "onnx", "pi
 
 
 def convert_venv() -> Path:
-    return Path(os.environ.get(CONVERT_VENV_ENV, ROOT / ".venv-convert"))
+    return cached_settings(DeblurSettings).deblur_convert_venv or ROOT / ".venv-convert"
 
 
 def _gdrive_download(name: str) -> Callable[[Path], None]:
@@ -218,7 +220,7 @@ class MaximRunner:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or int(os.environ.get("DEBLUR_THREADS", os.cpu_count() or 1))
+        options.intra_op_num_threads = threads or cached_settings(DeblurSettings).deblur_threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -247,7 +249,7 @@ class DeblurModels(LoadedModels):
         super().__init__(MODEL_FILES, self._load_runner, stage=STAGE, store=store)
 
     def default_name(self) -> str | None:
-        wanted = os.environ.get("DEBLUR_DEFAULT_MODEL")
+        wanted = cached_settings(DeblurSettings).deblur_default_model
         if wanted in MODEL_FILES and self.available(wanted):
             return wanted
         return next((name for name in PREFERENCE if self.available(name)), None)
@@ -268,8 +270,9 @@ class DeblurModels(LoadedModels):
             return MaximRunner(path)
         model = load_deblurgan(name, path)
         device = select_torch_device()
-        if device == "cpu" and os.environ.get("DEBLUR_THREADS"):
+        threads = cached_settings(DeblurSettings).deblur_threads
+        if device == "cpu" and threads:
             import torch
-            torch.set_num_threads(int(os.environ["DEBLUR_THREADS"]))
+            torch.set_num_threads(threads)
         model = model.to(device).half() if device == "cuda" else model
         return DeblurGANRunner(model, device, min_size=128 if name == INCEPTION else 64)

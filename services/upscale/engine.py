@@ -19,8 +19,10 @@ import torch
 from torch import nn
 
 from shared.torch_weights import select_torch_device
+from shared.settings import cached_settings
 
 from .arch import RRDBNet
+from .settings import UpscaleSettings
 
 PRECISIONS = ("auto", "fp32", "bf16", "mixed", "fp16")
 UPSAMPLE_HALO = 2            # feature rows of context for the strip-wise RRDBNet upsampling tail
@@ -38,14 +40,14 @@ def cpu_has_bf16() -> bool:
 
 
 def select_device() -> torch.device:
-    wanted = os.environ.get("UPSCALE_DEVICE", "auto")
+    wanted = cached_settings(UpscaleSettings).upscale_device
     if wanted != "auto":
         return torch.device(wanted)
     return torch.device(select_torch_device())
 
 
 def select_precision(net: nn.Module, device: torch.device, requested: str | None = None) -> str:
-    requested = requested or os.environ.get("UPSCALE_PRECISION", "auto")
+    requested = requested or cached_settings(UpscaleSettings).upscale_precision
     if requested not in PRECISIONS:
         raise ValueError(f"UPSCALE_PRECISION must be one of {PRECISIONS}")
     if requested != "auto":

@@ -25,9 +25,11 @@ from shared.contract import ImageTooLarge, ModelUnavailable, Param, StageContext
 from shared.imaging import Picture, is_grayscale
 from shared.model_store import ModelStore
 from shared.tiling import process_tiled
+from shared.settings import cached_settings
 
 from .engine import Engine
 from .models import MODELS, STAGE, build_model, default_model, fetch_command, is_installed, model_fetch_command
+from .settings import UpscaleSettings
 
 MAX_OUTPUT_ENV = "UPSCALE_MAX_OUTPUT_PIXELS"
 DEFAULT_MAX_OUTPUT = 32_000_000
@@ -53,7 +55,7 @@ PARAMS = (
 
 
 def max_output_pixels() -> int:
-    return int(os.environ.get(MAX_OUTPUT_ENV, DEFAULT_MAX_OUTPUT))
+    return cached_settings(UpscaleSettings).upscale_max_output_pixels
 
 
 class EngineCache:

@@ -1,0 +1,16 @@
+"""Deblur service configuration (environment variables, validated at start)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from shared.settings import StageSettings
+
+
+class DeblurSettings(StageSettings):
+    deblur_threads: int | None = Field(None, ge=1, le=256, description="ONNX Runtime / torch threads")
+    deblur_default_model: str | None = Field(None, description="model used when a request names none")
+    deblur_tile: int | None = Field(None, ge=32, le=4096, description="tile side in pixels")
+    deblur_tile_context: int | None = Field(None, ge=0, le=512, description="context around each tile")
+    deblur_convert_venv: Path | None = Field(None, description="venv used for the one-off MAXIM conversion")
