@@ -70,7 +70,7 @@ JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 async def validated_upload(request: Request, max_pixels: int, known_fields: frozenset[str]) -> tuple[bytes, dict]:
-    data, fields = await read_multipart(request, request.app.state.settings.max_upload_bytes)
+    data, fields = await read_multipart(request, request.app.state.settings.input_upload_limit)
     reject_unknown_fields(fields, known_fields)
     # Decoding here rejects bad uploads before any stage is called (inputs are at most MAX_PIXELS).
     await run_in_threadpool(decode_image, data, max_pixels)
@@ -244,7 +244,7 @@ JOB_STATUS = {"description": "the job's state", "content": {"application/json": 
     JOB_STATUS, (400, 413, 415, 422, 429, 500, 502, 503, 504), ok_status=202))
 async def create_job(request: Request):
     """Queue a simple or advanced run (same fields as /v1/restore or /v1/pipeline, plus ``mode``)."""
-    data, fields = await read_multipart(request, request.app.state.settings.max_upload_bytes)
+    data, fields = await read_multipart(request, request.app.state.settings.input_upload_limit)
     mode = fields.pop("mode", "simple")
     if mode not in ("simple", "advanced"):
         raise InvalidParams("'mode' must be simple or advanced", field="mode")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pydantic import AnyHttpUrl, Field, field_validator
 
 from shared.contract import DEFAULT_PORTS, STAGE_NAMES
-from shared.settings import DEFAULT_MAX_PIXELS, ServiceSettings, load_settings
+from shared.settings import DEFAULT_MAX_PIXELS, ServiceSettings, load_settings, upload_limit_for
 
 
 def _default_url(name: str) -> str:
@@ -31,7 +31,8 @@ class Settings(ServiceSettings):
     stage_health_timeout_s: float = Field(1.0, gt=0, le=10)
     stage_info_cache_s: float = Field(30, ge=0, description="how long a stage's /info is reused")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
-    max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0, description="largest request body")
+    max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0, description="largest request body (/v1/finish); "
+                                  "the chain endpoints take at most what an image of MAX_PIXELS can need")
     finish_max_pixels: int | None = Field(None, gt=0, description="default: the largest chain result")
     # Memory the gateway may spend on /v1/finish requests at once; it sets how many run concurrently.
     finish_memory_budget_mb: int = Field(600, ge=64)
@@ -78,6 +79,11 @@ class Settings(ServiceSettings):
     @property
     def jobs_result_ttl(self) -> float:
         return self.jobs_result_ttl_s
+
+    @property
+    def input_upload_limit(self) -> int:
+        """Body limit of /v1/restore, /v1/pipeline and /v1/jobs: an honest MAX_PIXELS image never needs more."""
+        return min(self.max_upload_bytes, upload_limit_for(self.max_pixels))
 
     @property
     def largest_result_pixels(self) -> int:

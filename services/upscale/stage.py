@@ -110,7 +110,9 @@ def upscale(picture: Picture, params: dict, ctx: StageContext, *, store: ModelSt
     name = resolve_model(params["model"], store)
     model = MODELS[name]
     if not is_installed(model, store):
-        raise ModelUnavailable(name, model_fetch_command(model), stage=STAGE)
+        files = [model.file] + ([model.twin] if model.twin else [])
+        reasons = {(store or ModelStore()).missing_reason(f) for f in files if not (store or ModelStore()).is_available(f)}
+        raise ModelUnavailable(name, model_fetch_command(model), stage=STAGE, reason="; ".join(sorted(reasons)))
     height, width = picture.height, picture.width
     if params["enhance"]:
         reduce = params["enhance_reduce"]
