@@ -102,7 +102,8 @@ class StageClient:
         url = self.settings.service_urls[service] + path
         wait = self.settings.stage_health_timeout_s
         try:
-            response = await self.http.get(url, timeout=httpx.Timeout(wait, connect=min(wait, self.settings.connect_timeout)))
+            timeout = httpx.Timeout(wait, connect=min(wait, self.settings.connect_timeout))
+            response = await self.http.get(url, timeout=timeout)
             response.raise_for_status()
             body = response.json()
             if not isinstance(body, dict):

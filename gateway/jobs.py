@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from .chains import ChainOutcome, Step, run_chain
 from .client import StageClient
 
 ACTIVE_STATES = ("queued", "running")
+log = logging.getLogger("restore.gateway.jobs")
 
 
 @dataclass
@@ -131,8 +133,10 @@ class JobManager:
                 raise
         except StageError as exc:
             job.state, job.error = "failed", exc.body()["error"]
-        except Exception as exc:  # a bug must still leave the job in a final state
-            job.state, job.error = "failed", error_body("internal_error", str(exc))["error"]
+        except Exception:  # a bug must still leave the job in a final state; its details go to the log
+            log.exception("job %s failed unexpectedly", job.id)
+            job.state = "failed"
+            job.error = error_body("internal_error", "internal error; the details are in the service log")["error"]
         finally:
             if job.state != "failed":
                 job.stage = None

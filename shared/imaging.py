@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import os
 import struct
 import zlib
@@ -17,6 +18,8 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from .contract import BadRequest, ImageTooLarge, UnsupportedImage
+
+log = logging.getLogger("restore.imaging")
 
 # We check the pixel count ourselves, from the header, with our own limit and error.
 Image.MAX_IMAGE_PIXELS = None
@@ -93,7 +96,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
                     icc = None  # a CMYK profile does not describe the RGB pixels we produce
                 rgb, alpha, bit_depth = _pil_to_arrays(im)
     except (OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
-        raise BadRequest(f"the image data is corrupt or truncated: {exc}", code="corrupt_image") from None
+        log.info("undecodable %s upload: %r", fmt, exc)  # the decoder's words stay in the log
+        raise BadRequest(f"the {fmt} image data is corrupt or truncated", code="corrupt_image") from None
     if orientation != 1:
         rgb = _apply_orientation(rgb, orientation)
         alpha = None if alpha is None else _apply_orientation(alpha, orientation)

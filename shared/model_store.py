@@ -23,7 +23,7 @@ log = logging.getLogger("restore.models")
 # Below this much free space a failed write is reported as a full disk, whatever the writer's own error said
 # (torch.save reports ENOSPC as "enforce fail at inline_container.cc").
 DISK_FULL_BYTES = 1 << 20
-CORRUPT_REASON = "the weights file is corrupt or incomplete"
+CORRUPT_REASON = "the weights file cannot be loaded (corrupt or incomplete)"
 
 
 class DiskFull(OSError):

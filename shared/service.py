@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from .contract import (PROCESS_TIME_HEADER, Param, StageContext, StageError, error_body, params_schema,
-                       parse_params_json, validate_params)
+from .contract import PROCESS_TIME_HEADER, Param, StageContext, params_schema, parse_params_json, validate_params
 from .imaging import Picture, decode_image, encode_png
 from .openapi import STAGE_PROCESS_OPENAPI, install_error_handlers
 from .settings import StageSettings, cached_settings

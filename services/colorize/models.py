@@ -10,7 +10,6 @@ without internet access they are unavailable and the stage answers 503 naming th
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

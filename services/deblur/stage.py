@@ -7,7 +7,6 @@ picture stays grayscale.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 

@@ -21,7 +21,6 @@ Large images are processed in tiles (shared.tiling) with the sigma estimated onc
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2

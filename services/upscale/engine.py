@@ -10,7 +10,6 @@ On CUDA everything runs in fp16 (UPSCALE_DEVICE / UPSCALE_PRECISION override bot
 """
 from __future__ import annotations
 
-import os
 import threading
 from functools import lru_cache
 

@@ -14,7 +14,6 @@ grey input gives grey output.
 """
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 
@@ -110,8 +109,9 @@ def upscale(picture: Picture, params: dict, ctx: StageContext, *, store: ModelSt
     name = resolve_model(params["model"], store)
     model = MODELS[name]
     if not is_installed(model, store):
+        cache = store or ModelStore()
         files = [model.file] + ([model.twin] if model.twin else [])
-        reasons = {(store or ModelStore()).missing_reason(f) for f in files if not (store or ModelStore()).is_available(f)}
+        reasons = {cache.missing_reason(f) for f in files if not cache.is_available(f)}
         raise ModelUnavailable(name, model_fetch_command(model), stage=STAGE, reason="; ".join(sorted(reasons)))
     height, width = picture.height, picture.width
     if params["enhance"]:
