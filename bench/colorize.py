@@ -13,7 +13,7 @@ scikit-image's astronaut resized to the size):
 * the full-size part ratio (ours / reference) and the PSNR of our output against the reference's
   (``gamut=clip`` is the reference's behaviour; the default keep-lightness differs where colours are out
   of gamut, which random weights produce often);
-* the opt-in bfloat16 network (COLORIZE_CPU_BF16=1): its time and its output's PSNR from float32.
+* the opt-in bfloat16 network (COLORIZE_PRECISION=bf16): its time and its output's PSNR from float32.
 Each part is the best of ``--repeats`` runs (the network: best of 2), in this process, same machine.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import torch
 
-from services.colorize.models import ECCV16, SIGGRAPH17, NetworkRunner, build_network
+from services.colorize.models import ECCV16, SIGGRAPH17, build_network, lightness_network
 from services.colorize.stage import colorize_array
 from bench.timing import best_of
 from tools.colorize_reference import INSTALL_HINT, import_colorizers
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         state = random_state_dict(build_network(name).state_dict(), name, seed=0)
         ours_net = build_network(name)
         ours_net.load_state_dict(state)
-        runner = NetworkRunner(ours_net.eval(), "cpu")
-        bf16_runner = NetworkRunner(runner.net, "cpu", bf16=True)
+        runner = lightness_network(name, ours_net.eval())
+        bf16_runner = lightness_network(name, ours_net, precision="bf16")
         ref_net = (reference.eccv16 if name == ECCV16 else reference.siggraph17)(pretrained=False)
         ref_net.load_state_dict(state)
         ref_net.eval()

@@ -233,7 +233,7 @@ def speed_worker(spec: dict) -> None:
             model = m.load_deblurgan(name, store.path_for(m.MODEL_FILES[name]))
         else:  # random weights: the same arithmetic, so the same speed
             model = m.build_generator(name).eval()
-        runner = m.DeblurGANRunner(model, "cpu", min_size=128 if name == m.INCEPTION else 64)
+        runner = m.deblurgan_model(name, model)
     times = []
     for _ in range(spec["repeats"]):
         started = time.perf_counter()

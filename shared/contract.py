@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
 
 STAGE_NAMES = ("denoise", "deblur", "colorize", "upscale", "postprocess")
 DEFAULT_PORTS = {"gateway": 8000, "denoise": 8101, "deblur": 8102, "colorize": 8103, "upscale": 8104,
@@ -219,19 +220,104 @@ def validate_against_schema(schema: list[dict], given: Mapping[str, Any]) -> dic
     return validate_params(declared, given)
 
 
-@dataclass
-class StageContext:
-    """Per-request state handed to a stage: progress reporting and extra response headers.
+class Aborted(StageError):
+    """The request was abandoned (its client went away or it was cancelled): the stage stops its work."""
 
-    A new one is made for every request, so nothing of one request can leak into another.
+    status = 499
+    code = "aborted"
+
+
+class StageContext:
+    """Per-request state handed to a stage: progress, abort, and extra response headers.
+
+    After chaiNNer's ``NodeContext``: ``set_progress`` (0..1), ``sub_progress`` (a view that maps its own 0..1
+    onto a slice of the parent's range) and ``check_aborted`` (raises ``Aborted`` once ``abort`` was called).
+    A new one is made for every request, so nothing of one request can leak into another. ``abort`` may be
+    called from any thread; the stage notices at its next check (the tiler checks before every tile, the
+    torch models between layers, ONNX Runtime through its terminate flag).
     """
 
-    progress_callback: Any = None
-    response_headers: dict[str, str] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.response_headers: dict[str, str] = {}
+        self._progress = 0.0
+        self._aborted = threading.Event()
+        self._abort_callbacks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ progress
+    @property
+    def progress_value(self) -> float:
+        return self._progress
+
+    def set_progress(self, progress: float) -> None:
+        # progress only moves forward: a stage that reports a sub-step twice never makes a bar jump back
+        self._progress = max(self._progress, min(1.0, max(0.0, float(progress))))
+
+    def sub_progress(self, offset: float, length: float) -> "SubProgress":
+        return SubProgress(self, offset, length)
 
     def progress(self, done: int, total: int) -> None:
-        if self.progress_callback is not None:
-            self.progress_callback(done, total)
+        """Counting form of ``set_progress`` (``done`` of ``total`` steps)."""
+        self.set_progress(done / total if total else 1.0)
 
+    # ------------------------------------------------------------------ abort
+    @property
+    def aborted(self) -> bool:
+        return self._aborted.is_set()
+
+    def check_aborted(self) -> None:
+        if self._aborted.is_set():
+            raise Aborted("the request was aborted before it finished")
+
+    def abort(self) -> None:
+        with self._lock:
+            if self._aborted.is_set():
+                return
+            self._aborted.set()
+            callbacks = list(self._abort_callbacks)
+        for callback in callbacks:
+            callback()
+
+    def on_abort(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run ``callback`` when the request is aborted (at once if it already was); returns an unregister."""
+        with self._lock:
+            if not self._aborted.is_set():
+                self._abort_callbacks.append(callback)
+                return lambda: self._forget(callback)
+        callback()
+        return lambda: None
+
+    def _forget(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if callback in self._abort_callbacks:
+                self._abort_callbacks.remove(callback)
+
+    # ------------------------------------------------------------------ headers
     def set_header(self, name: str, value: str) -> None:
         self.response_headers[name] = value
+
+
+class SubProgress:
+    """A slice ``[offset, offset + length]`` of a parent's progress; abort checks go to the parent."""
+
+    def __init__(self, parent: "StageContext | SubProgress", offset: float, length: float):
+        self.parent, self.offset, self.length = parent, offset, length
+
+    @property
+    def aborted(self) -> bool:
+        return self.parent.aborted
+
+    def check_aborted(self) -> None:
+        self.parent.check_aborted()
+
+    def on_abort(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return self.parent.on_abort(callback)
+
+    def set_progress(self, progress: float) -> None:
+        self.parent.set_progress(self.offset + min(1.0, max(0.0, progress)) * self.length)
+
+    def sub_progress(self, offset: float, length: float) -> "SubProgress":
+        return SubProgress(self, offset, length)
+
+    def progress(self, done: int, total: int) -> None:
+        self.set_progress(done / total if total else 1.0)

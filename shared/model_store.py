@@ -7,11 +7,11 @@ import errno
 import hashlib
 import logging
 import os
-import zipfile
 import shutil
 import tempfile
 import threading
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -245,43 +245,3 @@ def fetch_main(models: dict[str, ModelFile], argv: list[str] | None = None, stag
             failures += 1
             print(f"missing  {name}: {exc.strerror}")
     return 1 if failures and args.names else 0
-
-
-class LoadedModels:
-    """Loads each model once, on first use, and shares it read-only between requests.
-
-    ``load(name, path)`` builds the runnable model from its cached file. A cached file that cannot be loaded
-    (corrupt, foreign, truncated) makes the model unavailable with the clear 503, never a 500.
-    """
-
-    def __init__(self, files: dict[str, ModelFile], load: Callable[[str, Path], object], *, stage: str,
-                 store: ModelStore | None = None):
-        self.files = files
-        self.store = store or ModelStore()
-        self.stage = stage
-        self._load = load
-        self._loaded: dict[str, object] = {}
-        self._lock = threading.Lock()
-
-    def available(self, name: str) -> bool:
-        return self.store.is_available(self.files[name])
-
-    def status(self, default: str | None) -> dict[str, dict]:
-        return {name: {"available": self.available(name), "default": name == default, "license": spec.license,
-                       "description": spec.description, "fetch_command": spec.fetch_command, "file": spec.filename}
-                for name, spec in self.files.items()}
-
-    def load(self, name: str):
-        spec = self.files[name]
-        path = self.store.require(spec, stage=self.stage)
-        with self._lock:  # one load per model even when requests arrive together
-            if name not in self._loaded:
-                try:
-                    self._loaded[name] = self._load(name, path)
-                except ModelUnavailable:
-                    raise
-                except Exception:
-                    log.exception("model %s: loading %s failed", name, path)
-                    raise ModelUnavailable(name, spec.fetch_command, stage=self.stage,
-                                           reason=CORRUPT_REASON) from None
-            return self._loaded[name]

@@ -1,4 +1,5 @@
-"""The thin HTTP shell every stage service shares: ``POST /process``, ``GET /health``, ``GET /info``.
+"""The thin HTTP shell every stage service shares: ``POST /process``, ``GET /health``, ``GET /info``,
+``GET /progress/{request_id}``.
 
 A service module only defines a ``Stage`` (pure ``run(picture, params, ctx) -> picture``) and calls
 ``create_stage_app(stage)``.
@@ -6,22 +7,30 @@ A service module only defines a ``Stage`` (pure ``run(picture, params, ctx) -> p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from .contract import PROCESS_TIME_HEADER, Param, StageContext, params_schema, parse_params_json, validate_params
+from .contract import (PROCESS_TIME_HEADER, Aborted, Param, StageContext, params_schema, parse_params_json,
+                       validate_params)
 from .imaging import Picture, decode_image, encode_png
 from .openapi import STAGE_PROCESS_OPENAPI, install_error_handlers
 from .settings import StageSettings, cached_settings
 from .upload import read_multipart, reject_unknown_fields
 
 log = logging.getLogger("restore.service")
+
+REQUEST_ID_HEADER = "X-Request-Id"  # sent by the gateway with /process; GET /progress/{id} reports on it
+PROGRESS_HISTORY = 256              # recent request ids /progress remembers
+DISCONNECT_POLL_S = 0.2             # how often /process checks that its client is still connected
 
 
 @dataclass
@@ -70,22 +79,111 @@ def create_stage_app(stage: Stage) -> FastAPI:
                 "models": models, "default_model": default, "max_input_pixels": stage.input_limit(),
                 **stage.extra_info()}
 
+    requests = RequestTracker()
+
+    @app.get("/progress/{request_id}")
+    async def progress(request_id: str):
+        return requests.snapshot(request_id)
+
     @app.post("/process", openapi_extra=STAGE_PROCESS_OPENAPI, response_class=Response)
     async def process(request: Request):
         """Run the stage on the ``image`` file with the JSON object ``params``; answers the result as PNG."""
         started = time.perf_counter()
-        image_bytes, params = await read_process_form(request, settings.upload_limit())
-        values = validate_params(stage.params, params)
-        picture = decode_image(image_bytes, stage.input_limit())
+        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         ctx = StageContext()
-        async with concurrency:
-            result = await run_in_threadpool(stage.run, picture, values, ctx)
-        png = await run_in_threadpool(encode_png, result)
+        requests.start(request_id, ctx)
+        outcome = "error"
+        try:
+            image_bytes, params = await read_process_form(request, settings.upload_limit())
+            values = validate_params(stage.params, params)
+            result, png = await run_until_disconnected(
+                request, ctx, lambda entered: run_in_slot(stage, concurrency, image_bytes, values, ctx, entered))
+            outcome = "ok"
+        except Aborted:
+            outcome = "aborted"
+            raise
+        finally:
+            requests.finish(request_id, outcome)
         headers = {PROCESS_TIME_HEADER: f"{(time.perf_counter() - started) * 1000:.1f}",
-                   "X-Image-Size": f"{result.width}x{result.height}", **ctx.response_headers}
+                   "X-Image-Size": f"{result.width}x{result.height}", REQUEST_ID_HEADER: request_id,
+                   **ctx.response_headers}
         return Response(png, media_type="image/png", headers=headers)
 
     return app
+
+
+async def run_in_slot(stage: Stage, concurrency: asyncio.Semaphore, image_bytes: bytes, values: dict,
+                      ctx: StageContext, entered: asyncio.Event) -> tuple[Picture, bytes]:
+    """Decode, run and encode inside the stage's concurrency slot, all off the event loop: a waiting
+    request holds only its compressed upload, and ``/health`` answers while the stage works."""
+    async with concurrency:
+        entered.set()
+        ctx.check_aborted()
+        picture = await run_in_threadpool(decode_image, image_bytes, stage.input_limit())
+        result = await run_in_threadpool(stage.run, picture, values, ctx)
+        ctx.check_aborted()
+        png = await run_in_threadpool(encode_png, result)
+    return result, png
+
+
+async def run_until_disconnected(request: Request, ctx: StageContext,
+                                 work: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
+    """Run ``work`` while watching the HTTP client; when it goes away, abort the work.
+
+    A request still waiting for the slot is cancelled at once. A running one is told to abort (it stops at
+    its next check: before each tile, between network layers) and is waited for, so the slot is only
+    released once the CPU is really free for the next request.
+    """
+    entered = asyncio.Event()
+    task = asyncio.ensure_future(work(entered))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                ctx.abort()
+                if not entered.is_set():
+                    task.cancel()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await task
+                raise Aborted("the client closed the connection")
+    finally:
+        if not task.done():  # the handler itself was cancelled (server shutdown)
+            ctx.abort()
+            task.cancel()
+
+
+class RequestTracker:
+    """The progress of recent ``/process`` requests by request id, for ``GET /progress/{id}``.
+
+    Bounded: the oldest finished entries are forgotten first, so memory stays small whatever the traffic.
+    """
+
+    def __init__(self, size: int = PROGRESS_HISTORY):
+        self.size = size
+        self._entries: "OrderedDict[str, dict]" = OrderedDict()
+
+    def start(self, request_id: str, ctx: StageContext) -> None:
+        self._entries[request_id] = {"ctx": ctx, "state": "running", "outcome": None}
+        self._entries.move_to_end(request_id)
+        while len(self._entries) > self.size:
+            oldest = next((k for k, v in self._entries.items() if v["state"] == "done"), None)
+            self._entries.pop(oldest if oldest is not None else next(iter(self._entries)))
+
+    def finish(self, request_id: str, outcome: str) -> None:
+        entry = self._entries.get(request_id)
+        if entry is not None:
+            entry["state"], entry["outcome"] = "done", outcome
+            if outcome == "ok":
+                entry["ctx"].set_progress(1.0)
+
+    def snapshot(self, request_id: str) -> dict:
+        entry = self._entries.get(request_id)
+        if entry is None:
+            return {"request_id": request_id, "state": "unknown", "progress": 0.0}
+        return {"request_id": request_id, "state": entry["state"],
+                "progress": round(entry["ctx"].progress_value, 4), "outcome": entry["outcome"]}
 
 
 PROCESS_FIELDS = frozenset({"params"})

@@ -8,11 +8,19 @@ the output buffer is the only full-size allocation.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
 TileFn = Callable[[np.ndarray], np.ndarray]
+
+
+class TileProgress(Protocol):
+    """What the tiler needs of a stage context (``StageContext`` or one of its ``sub_progress`` views)."""
+
+    def set_progress(self, progress: float) -> None: ...
+
+    def check_aborted(self) -> None: ...
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -52,18 +60,21 @@ def _ramp_weights(out_len: int, out_start: int, scale: float, starts: list[int],
 
 
 def process_tiled(image: np.ndarray, fn: TileFn, *, scale: int = 1, tile: int = 256, overlap: int = 16,
-                  context: int = 16, progress: Callable[[int, int], None] | None = None,
+                  context: int = 16, ctx: TileProgress | None = None,
                   out_channels: int | None = None) -> np.ndarray:
     """Run ``fn`` (H x W x C float32 -> sH x sW x C') over ``image`` tile by tile.
 
     ``tile`` and ``overlap`` are in input pixels; ``scale`` is the model's integer output factor.
     An image no larger than one tile is processed in a single call, identical to the untiled path.
+    ``ctx`` (optional) is asked ``check_aborted()`` before every tile and told ``set_progress`` after each.
     """
     height, width = image.shape[:2]
     if height <= tile and width <= tile:
+        if ctx:
+            ctx.check_aborted()
         result = fn(image)
-        if progress:
-            progress(1, 1)
+        if ctx:
+            ctx.set_progress(1.0)
         return result
     if overlap * 4 > tile:
         raise ValueError("overlap must be at most a quarter of the tile size")
@@ -76,6 +87,8 @@ def process_tiled(image: np.ndarray, fn: TileFn, *, scale: int = 1, tile: int = 
             x1 = min(x0 + tile, width)
             cy0, cy1 = max(0, y0 - context), min(height, y1 + context)
             cx0, cx1 = max(0, x0 - context), min(width, x1 + context)
+            if ctx:
+                ctx.check_aborted()
             result = fn(image[cy0:cy1, cx0:cx1])
             if result.shape[0] != (cy1 - cy0) * scale or result.shape[1] != (cx1 - cx0) * scale:
                 raise ValueError(f"tile function returned {result.shape[:2]}, expected "
@@ -92,19 +105,7 @@ def process_tiled(image: np.ndarray, fn: TileFn, *, scale: int = 1, tile: int = 
                 weight = weight[:, :, None]
             output[y0 * scale:y1 * scale, x0 * scale:x1 * scale] += core * weight
             done += 1
-            if progress:
-                progress(done, total)
+            if ctx:
+                ctx.set_progress(done / total)
     assert output is not None
     return output
-
-
-def pad_to_multiple(image: np.ndarray, multiple: int, mode: str = "reflect") -> tuple[np.ndarray, int, int]:
-    """Pad bottom/right so H and W are multiples of ``multiple``; returns the padded image and the pads."""
-    height, width = image.shape[:2]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if pad_h == 0 and pad_w == 0:
-        return image, 0, 0
-    # reflect needs the pad to be smaller than the side; fall back to edge for tiny images
-    use_mode = mode if pad_h < height and pad_w < width else "edge"
-    widths = ((0, pad_h), (0, pad_w)) + ((0, 0),) * (image.ndim - 2)
-    return np.pad(image, widths, mode=use_mode), pad_h, pad_w

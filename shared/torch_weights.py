@@ -15,10 +15,6 @@ from torch import nn
 WRAPPER_KEYS = ("model", "params_ema", "params", "state_dict")
 
 
-def select_torch_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint, unwrapped, with DataParallel's ``module.`` prefix removed."""
     state = torch.load(path, map_location="cpu", weights_only=True)

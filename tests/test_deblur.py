@@ -296,3 +296,19 @@ def test_http_maxim_process(stack, maxim, blurred_pair):
     out = np.asarray(Image.open(io.BytesIO(reply.content)).convert("RGB"), dtype=np.float32) / 255
     local = maxim(np.asarray(Image.open(io.BytesIO(png_bytes(crop))), dtype=np.float32) / 255)
     assert np.abs(out - local).max() <= 1 / 255 + 1e-6
+
+
+def test_maxim_run_stops_when_the_request_is_aborted(maxim):
+    """ONNX Runtime gives no control back between layers; the abort reaches it through its terminate flag."""
+    import threading
+    import time
+
+    from shared.contract import Aborted
+    ctx = StageContext()
+    rgb = np.random.default_rng(6).random((512, 512, 3), dtype=np.float32)  # one run of many seconds
+    timer = threading.Timer(0.5, ctx.abort)
+    started = time.perf_counter()
+    timer.start()
+    with pytest.raises(Aborted):
+        maxim(rgb, ctx)
+    assert time.perf_counter() - started < 5.0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.contract import (ImageTooLarge, InvalidParams, ModelUnavailable, Param, UnsupportedImage,
+from shared.contract import (ImageTooLarge, InvalidParams, ModelUnavailable, Param, StageContext, UnsupportedImage,
                              BadRequest, validate_against_schema, validate_params, params_schema)
 from shared.imaging import decode_image, encode_jpeg, encode_png
 from shared.model_store import ModelFile, ModelStore
@@ -176,11 +176,12 @@ def test_tiling_blends_to_the_exact_result_for_a_local_function(scale):
     def upscale(tile):  # a pointwise op: tiles must reproduce it exactly, seams included
         return np.repeat(np.repeat(tile * 0.5 + 0.1, scale, axis=0), scale, axis=1)
 
-    calls = []
-    tiled = process_tiled(image, upscale, scale=scale, tile=64, overlap=16, context=8,
-                          progress=lambda d, t: calls.append((d, t)))
+    ctx = StageContext()
+    seen = []
+    ctx.set_progress = seen.append
+    tiled = process_tiled(image, upscale, scale=scale, tile=64, overlap=16, context=8, ctx=ctx)
     assert np.allclose(tiled, upscale(image), atol=1e-5)
-    assert calls[-1][0] == calls[-1][1] > 1
+    assert len(seen) > 1 and seen == sorted(seen) and seen[-1] == 1.0
 
 
 def test_tiling_context_hides_the_border_effect_of_a_convolution():

@@ -15,10 +15,10 @@ import torch
 
 from services.upscale.arch import RRDBNet, SRVGGNetCompact
 from services.upscale.engine import Engine
-from services.upscale.models import (MODELS, NCNN_FILES, blend_states, build_model, default_model,
+from services.upscale.models import (MODELS, NCNN_FILES, UpscaleModels, blend_states, build_model, default_model,
                                      ensure_ncnn_files, is_installed, ncnn_dir)
 from services.upscale.ncnn_convert import FP16_TAG, ConversionError, convert, parse_param
-from services.upscale.stage import PARAMS, EngineCache, upscale
+from services.upscale.stage import PARAMS, upscale
 from shared.contract import ImageTooLarge, ModelUnavailable, StageContext, validate_params
 from shared.imaging import Picture, decode_image
 from shared.model_store import ModelStore
@@ -218,7 +218,7 @@ def run_ncnn(folder, stem: str, image: np.ndarray) -> np.ndarray:
                                                          ("gray-00017.png", 50, 150, 96)]),
 ])
 def test_matches_ncnn_oracle_on_photos(provisioned, shared_images, name, stem, crops):
-    engine = EngineCache().get(name, 1.0, provisioned)  # the service's own engine and precision
+    engine = UpscaleModels(provisioned).load(name)  # the service's own engine and precision
     for file, y, x, size in crops:
         crop = np.ascontiguousarray(load_photo(shared_images, file)[y:y + size, x:x + size])
         ours = engine.run_image(crop)
@@ -251,7 +251,7 @@ def test_tiled_equals_untiled_on_a_photo(provisioned, shared_images):
 
 def test_tiled_equals_untiled_x4plus(provisioned, shared_images):
     crop = np.ascontiguousarray(load_photo(shared_images, "children-alpha.png")[100:140, 200:256])
-    engine = EngineCache().get("RealESRGAN_x4plus", 1.0, provisioned)
+    engine = UpscaleModels(provisioned).load("RealESRGAN_x4plus")
     from shared.tiling import process_tiled
     untiled = engine.run_image(crop)
     tiled = process_tiled(crop, engine.run_image, scale=4, tile=32, overlap=8, context=16)

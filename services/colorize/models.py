@@ -10,15 +10,13 @@ without internet access they are unavailable and the stage answers 503 naming th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from shared.model_store import LoadedModels, ModelFile, ModelStore
-from shared.torch_weights import load_strict, read_state_dict, select_torch_device
-from shared.settings import cached_settings
-from .settings import ColorizeSettings
+from shared.model_layer import LoadedModel, ModelRegistry, ModelSpec, SizeRequirements
+from shared.model_store import ModelFile, ModelStore
+from shared.torch_weights import load_strict, read_state_dict
 
 STAGE = "colorize"
 FETCH = "python -m services.colorize.fetch"
@@ -56,61 +54,45 @@ def load_network(name: str, path: Path):
     return load_strict(build_network(name), read_state_dict(path))
 
 
-BF16_ENV = "COLORIZE_CPU_BF16"
+def _torch_model(spec: ModelSpec, net, device: str, precision: str) -> LoadedModel:
+    from shared.torch_model import TorchModel
+
+    # L in [0, 100] in, ab out (no range mapping, no clamp); channels-last on CPU: same results, 1.1-1.3x faster
+    return TorchModel(spec, net, device, precision, value_range=None, channels_last=device == "cpu")
 
 
-@dataclass
-class NetworkRunner:
-    """A shared, read-only network: L (h x w float32, [0, 100]) -> ab (2 x h' x w' float32).
+def _load(spec: ModelSpec, paths: tuple[Path, ...], device: str, precision: str) -> LoadedModel:
+    return _torch_model(spec, load_network(spec.name, paths[0]), device, precision)
 
-    CPU: float32 in channels-last layout (same results, 1.1-1.3x faster here); bfloat16 autocast only when
-    ``bf16`` (env COLORIZE_CPU_BF16=1: about 3x faster, but unchecked against fp32 with the real weights).
-    CUDA: float16 autocast.
-    """
 
-    net: object
-    device: str
-    bf16: bool = False
+# CPU runs fp32 unless COLORIZE_PRECISION=bf16 (about 3x faster, unchecked against fp32 with the real weights)
+SPECS = tuple(ModelSpec(name=name, description=f.description, license=f.license, files=(f,), load=_load,
+                        fetch_command=f.fetch_command, size=SizeRequirements(multiple_of=8),
+                        precisions=("fp32", "bf16", "fp16"), output_range=None)
+              for name, f in MODEL_FILES.items())
 
-    def __post_init__(self):
-        import torch
-        if self.device == "cpu":
-            self.net = self.net.to(memory_format=torch.channels_last)
+
+class LightnessToAB:
+    """The colorize network as the stage uses it: L (h x w float32, [0, 100]) -> ab (2 x h x w float32)."""
+
+    def __init__(self, model: LoadedModel, ctx=None):
+        self.model, self.ctx = model, ctx
 
     def __call__(self, lightness: np.ndarray) -> np.ndarray:
-        import torch
-
-        tensor = torch.from_numpy(np.ascontiguousarray(lightness, dtype=np.float32))[None, None]
-        with torch.inference_mode():
-            tensor = tensor.to(self.device)
-            if self.device == "cuda":
-                with torch.autocast("cuda", dtype=torch.float16):
-                    out = self.net(tensor)
-            else:
-                tensor = tensor.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                    out = self.net(tensor)
-        return np.ascontiguousarray(out[0].float().cpu().numpy())
+        return np.ascontiguousarray(self.model(lightness, self.ctx).transpose(2, 0, 1))
 
 
-class ColorizeModels(LoadedModels):
+def lightness_network(name: str, net, device: str = "cpu", precision: str = "fp32") -> LightnessToAB:
+    """A bare network (e.g. random weights in a benchmark) wrapped as the stage runs it."""
+    spec = next(s for s in SPECS if s.name == name)
+    return LightnessToAB(_torch_model(spec, net, device, precision))
+
+
+class ColorizeModels(ModelRegistry):
     """The colorize networks, each loaded once on first use and shared read-only between requests."""
 
     def __init__(self, store: ModelStore | None = None):
-        super().__init__(MODEL_FILES, self._load_runner, stage=STAGE, store=store)
+        super().__init__(STAGE, SPECS, store=store, preference=(DEFAULT_MODEL, SIGGRAPH17))
 
-    def status(self) -> dict[str, dict]:  # type: ignore[override]
-        return super().status(DEFAULT_MODEL)
-
-    def get(self, name: str | None = None) -> NetworkRunner:
-        return self.load(name or DEFAULT_MODEL)
-
-    @staticmethod
-    def _load_runner(name: str, path: Path) -> NetworkRunner:
-        net = load_network(name, path)
-        device = select_torch_device()
-        configured = cached_settings(ColorizeSettings)
-        if configured.colorize_threads:
-            import torch
-            torch.set_num_threads(configured.colorize_threads)
-        return NetworkRunner(net.to(device), device, bf16=configured.colorize_cpu_bf16)
+    def get(self, name: str | None = None, ctx=None) -> LightnessToAB:
+        return LightnessToAB(self.pick(name)[1], ctx)

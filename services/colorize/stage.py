@@ -44,7 +44,7 @@ PARAMS = (
 
 def colorize_array(rgb: np.ndarray, network, render_size: int = 256, saturation: float = 1.0,
                    bit_depth: int = 8, keep_lightness: bool = True,
-                   timings: dict[str, float] | None = None) -> np.ndarray:
+                   timings: dict[str, float] | None = None, ctx=None) -> np.ndarray:
     """H x W x 3 float32 sRGB in [0, 1] -> colorized, same shape; ``network`` maps L (h x w) to ab."""
     clock = time.perf_counter
     t0 = clock()
@@ -52,7 +52,11 @@ def colorize_array(rgb: np.ndarray, network, render_size: int = 256, saturation:
     gray = is_gray(rgb)
     small_l = network_lightness(rgb, (render_size, render_size), bit_depth=bit_depth, gray=gray)
     t1 = clock()
+    if ctx is not None:  # rough progress split: the network is most of the work
+        ctx.set_progress(0.1)
     ab = network(small_l)
+    if ctx is not None:
+        ctx.set_progress(0.7)
     t2 = clock()
     a, b = upsample_ab(ab, height, width)
     out = colorize_full_size(rgb, a, b, saturation=saturation, keep_lightness=keep_lightness, gray=gray)
@@ -84,10 +88,10 @@ def make_colorize(models: ColorizeModels):
             ctx.set_header(DECISION_HEADER, "colorized")
         else:
             ctx.set_header(DECISION_HEADER, "colorized-forced")
-        network = models.get(params["model"])
+        network = models.get(params["model"], ctx)
         ctx.set_header(MODEL_HEADER, params["model"])
         rgb = colorize_array(picture.rgb, network, render_size, params["saturation"], picture.bit_depth,
-                             keep_lightness=params["gamut"] == "keep-lightness")
+                             keep_lightness=params["gamut"] == "keep-lightness", ctx=ctx)
         return picture.replace(rgb=rgb)
 
     return colorize

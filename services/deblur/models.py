@@ -21,16 +21,16 @@ import tarfile
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from shared.contract import ModelUnavailable
-from shared.model_store import LoadedModels, ModelFile, ModelStore, sha256_of
-from shared.torch_weights import load_strict, read_state_dict, select_torch_device
+from shared.model_layer import LoadedModel, ModelRegistry, ModelSpec, SizeRequirements, TileSpec
+from shared.model_store import ModelFile, ModelStore, sha256_of
+from shared.torch_weights import load_strict, read_state_dict
 from shared.settings import cached_settings
+
 from .settings import DeblurSettings
 
 log = logging.getLogger("restore.deblur")
@@ -183,42 +183,29 @@ def load_deblurgan(name: str, path: Path):
     return load_strict(build_generator(name), read_state_dict(path))
 
 
-@dataclass
-class DeblurGANRunner:
-    """One shared, read-only generator; ``__call__`` maps an H x W x 3 [0, 1] image to the same shape."""
+def deblurgan_model(name: str, generator, device: str = "cpu", precision: str = "fp32") -> LoadedModel:
+    """A DeblurGAN-v2 generator as the stage runs it."""
+    from shared.torch_model import TorchModel
 
-    model: object
-    device: str
-    multiple: int = 32
-    min_size: int = 64  # 1/32-scale maps must have more than one pixel (train-mode BatchNorm)
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        import torch
-
-        height, width = rgb.shape[:2]
-        pad_h = max(-(-height // self.multiple) * self.multiple, self.min_size) - height
-        pad_w = max(-(-width // self.multiple) * self.multiple, self.min_size) - width
-        # official predictor: [-1, 1], zero padding (mid grey) at the bottom/right, crop afterwards
-        x = np.pad(rgb * 2.0 - 1.0, ((0, pad_h), (0, pad_w), (0, 0)))
-        tensor = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32))
-        with torch.inference_mode():
-            tensor = tensor.to(self.device)
-            if self.device == "cuda":
-                out = self.model(tensor.half()).float()
-            else:
-                out = self.model(tensor)
-        out = out[0, :, :height, :width].cpu().numpy().transpose(1, 2, 0)
-        return np.clip((out + 1.0) * 0.5, 0.0, 1.0).astype(np.float32)
+    # official predictor: [-1, 1] in and out; its zero padding (mid grey) is the spec's pad_value 0.5
+    return TorchModel(SPECS_BY_NAME[name], generator, device, precision, value_range=(-1.0, 1.0))
 
 
-class MaximRunner:
-    """ONNX Runtime session for MAXIM-3S (NHWC float32 in [0, 1], sides multiples of 64)."""
+def _load_deblurgan_model(spec: ModelSpec, paths: tuple[Path, ...], device: str, precision: str) -> LoadedModel:
+    return deblurgan_model(spec.name, load_deblurgan(spec.name, paths[0]), device, precision)
 
-    multiple = 64
 
-    def __init__(self, path: Path, threads: int | None = None):
+class MaximRunner(LoadedModel):
+    """MAXIM-3S through ONNX Runtime (NHWC float32 in [0, 1]); abortable mid-run via ORT's terminate flag.
+
+    The network boundary is ``forward(padded H x W x 3) -> H x W x 3``: a PyTorch MAXIM plugs in as another
+    ``LoadedModel`` for the same spec, and nothing else in the stage changes.
+    """
+
+    def __init__(self, path: Path, threads: int | None = None, spec: ModelSpec | None = None):
         import onnxruntime as ort
 
+        super().__init__(spec or MAXIM_SPEC, "cpu", "fp32")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or cached_settings(DeblurSettings).deblur_threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
@@ -226,53 +213,62 @@ class MaximRunner:
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                      if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.device = "cuda" if self.session.get_providers()[0].startswith("CUDA") else "cpu"
         self.input_name = self.session.get_inputs()[0].name
+        self._ort = ort
 
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        height, width = rgb.shape[:2]
-        pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
-        x = rgb
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < height and pad_w < width else "symmetric"
-            x = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x[None], dtype=np.float32)})[0]
-        return np.clip(out[0, :height, :width], 0.0, 1.0).astype(np.float32)
+    def forward(self, image: np.ndarray, ctx=None) -> np.ndarray:
+        run_options = self._ort.RunOptions()
+        stop = ctx.on_abort(lambda: setattr(run_options, "terminate", True)) if ctx is not None else None
+        try:
+            out = self.session.run(None, {self.input_name: np.ascontiguousarray(image[None])}, run_options)[0]
+        except Exception:
+            if ctx is not None:
+                ctx.check_aborted()  # a terminated run is an abort, not an internal error
+            raise
+        finally:
+            if stop is not None:
+                stop()
+        return out[0]
 
 
-# ---------------------------------------------------------------- registry
+def _load_maxim(spec: ModelSpec, paths: tuple[Path, ...], device: str, precision: str) -> LoadedModel:
+    return MaximRunner(paths[0], spec=spec)
 
 
-class DeblurModels(LoadedModels):
-    """The deblur models, each loaded once on first use and shared read-only between requests."""
+# ---------------------------------------------------------------- specs and registry
+
+# Tile geometry per model (input pixels). tile + 2 * context is a multiple of the network's size step, so
+# interior tiles need no padding. MAXIM mixes information across its whole input (its "grid" MLP), so its
+# tiles must not be small (64-px tiles lose ~0.4 dB); 320 + 2 x 32 = 384-px runs peak near 1.4 GB.
+MAXIM_SPEC = ModelSpec(
+    name=MAXIM, description=MODEL_FILES[MAXIM].description, license=MODEL_FILES[MAXIM].license,
+    files=(MODEL_FILES[MAXIM],), load=_load_maxim, fetch_command=MODEL_FILES[MAXIM].fetch_command,
+    size=SizeRequirements(multiple_of=64), tiling=TileSpec(320, 32, 32))
+SPECS = (
+    ModelSpec(name=MOBILENET, description=MODEL_FILES[MOBILENET].description, license=MODEL_FILES[MOBILENET].license,
+              files=(MODEL_FILES[MOBILENET],), load=_load_deblurgan_model,
+              fetch_command=MODEL_FILES[MOBILENET].fetch_command, precisions=("fp32", "fp16"),
+              # 1/32-scale maps must have more than one pixel (train-mode BatchNorm)
+              size=SizeRequirements(minimum=64, multiple_of=32), tiling=TileSpec(448, 32, 32),
+              pad_mode="constant", pad_value=0.5),
+    ModelSpec(name=INCEPTION, description=MODEL_FILES[INCEPTION].description, license=MODEL_FILES[INCEPTION].license,
+              files=(MODEL_FILES[INCEPTION],), load=_load_deblurgan_model,
+              fetch_command=MODEL_FILES[INCEPTION].fetch_command, precisions=("fp32", "fp16"),
+              size=SizeRequirements(minimum=128, multiple_of=32), tiling=TileSpec(448, 32, 32),
+              pad_mode="constant", pad_value=0.5),
+    MAXIM_SPEC,
+)
+SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
+
+
+class DeblurModels(ModelRegistry):
+    """The deblur models, each loaded once on first use and shared read-only between requests.
+
+    ``get(name)`` -> (resolved name, model); None = the default (env DEBLUR_DEFAULT_MODEL, else PREFERENCE)."""
 
     def __init__(self, store: ModelStore | None = None):
-        super().__init__(MODEL_FILES, self._load_runner, stage=STAGE, store=store)
+        super().__init__(STAGE, SPECS, store=store, preference=PREFERENCE)
 
-    def default_name(self) -> str | None:
-        wanted = cached_settings(DeblurSettings).deblur_default_model
-        if wanted in MODEL_FILES and self.available(wanted):
-            return wanted
-        return next((name for name in PREFERENCE if self.available(name)), None)
-
-    def status(self) -> dict[str, dict]:  # type: ignore[override]
-        return super().status(self.default_name())
-
-    def get(self, name: str | None):
-        name = name or self.default_name()
-        if name is None:
-            raise ModelUnavailable(MAXIM, MODEL_FILES[MAXIM].fetch_command, stage=STAGE,
-                                   reason="no deblur model is installed")
-        return name, self.load(name)
-
-    @staticmethod
-    def _load_runner(name: str, path: Path):
-        if name == MAXIM:
-            return MaximRunner(path)
-        model = load_deblurgan(name, path)
-        device = select_torch_device()
-        threads = cached_settings(DeblurSettings).deblur_threads
-        if device == "cpu" and threads:
-            import torch
-            torch.set_num_threads(threads)
-        model = model.to(device).half() if device == "cuda" else model
-        return DeblurGANRunner(model, device, min_size=128 if name == INCEPTION else 64)
+    def get(self, name: str | None) -> tuple[str, LoadedModel]:
+        return self.pick(name)

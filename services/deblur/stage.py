@@ -15,8 +15,11 @@ from shared.imaging import Picture, is_grayscale
 from shared.tiling import process_tiled
 from shared.settings import cached_settings
 
-from .models import INCEPTION, MAXIM, MOBILENET, MODEL_FILES, DeblurModels
+from .models import INCEPTION, MAXIM, MOBILENET, MODEL_FILES, SPECS, DeblurModels
 from .settings import DeblurSettings
+
+# tile geometry per model, from the specs (bench/deblur.py reads it too)
+TILING = {spec.name: spec.tiling.as_dict() for spec in SPECS}
 
 PARAMS = (
     Param("model", "enum", None, "deblur network; null = the default (first installed of "
@@ -24,15 +27,6 @@ PARAMS = (
     Param("strength", "float", 1.0, "blend of the deblurred result with the input (0 = input, 1 = full)",
           minimum=0.0, maximum=1.0),
 )
-
-# Tile geometry per model (input pixels). tile + 2 * context is a multiple of the network's size step, so
-# interior tiles need no padding. MAXIM mixes information across its whole input (its "grid" MLP), so its
-# tiles must not be small (64-px tiles lose ~0.4 dB); 320 + 2 x 32 = 384-px runs peak near 1.4 GB.
-TILING = {
-    MAXIM: {"tile": 320, "overlap": 32, "context": 32},
-    MOBILENET: {"tile": 448, "overlap": 32, "context": 32},
-    INCEPTION: {"tile": 448, "overlap": 32, "context": 32},
-}
 
 
 def tiling_for(name: str, height: int | None = None, width: int | None = None) -> dict:
@@ -53,9 +47,9 @@ def tiling_for(name: str, height: int | None = None, width: int | None = None) -
     return settings
 
 
-def deblur_array(rgb: np.ndarray, runner, *, tile: int, overlap: int, context: int, progress=None) -> np.ndarray:
-    """Deblur an H x W x 3 float32 [0, 1] array with ``runner`` (tile function) via the shared tiler."""
-    return process_tiled(rgb, runner, tile=tile, overlap=overlap, context=context, progress=progress)
+def deblur_array(rgb: np.ndarray, model, *, tile: int, overlap: int, context: int, ctx=None) -> np.ndarray:
+    """Deblur an H x W x 3 float32 [0, 1] array with ``model`` (a LoadedModel) via the shared tiler."""
+    return process_tiled(rgb, lambda t: model(t, ctx), tile=tile, overlap=overlap, context=context, ctx=ctx)
 
 
 def make_deblur(models: DeblurModels):
@@ -66,7 +60,7 @@ def make_deblur(models: DeblurModels):
         if strength == 0.0:
             return picture
         rgb = np.ascontiguousarray(picture.rgb, dtype=np.float32)
-        result = deblur_array(rgb, runner, progress=ctx.progress, **tiling_for(name, *rgb.shape[:2]))
+        result = deblur_array(rgb, runner, ctx=ctx.sub_progress(0.0, 0.98), **tiling_for(name, *rgb.shape[:2]))
         if strength < 1.0:
             result = rgb + np.float32(strength) * (result - rgb)
         if is_grayscale(picture.rgb):

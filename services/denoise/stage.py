@@ -302,7 +302,7 @@ def plane_sigmas(rgb: np.ndarray, alpha: np.ndarray | None = None) -> list[float
     return [estimate_noise_sigma(opponent[:, :, c], valid) for c in range(3)]
 
 
-def denoise_rgb(rgb: np.ndarray, sigmas: list[float], progress=None, quality: str = "standard") -> np.ndarray:
+def denoise_rgb(rgb: np.ndarray, sigmas: list[float], ctx=None, quality: str = "standard") -> np.ndarray:
     """Denoise float RGB in [0, 1] given per-plane (Y, U, V) sigmas in 8-bit levels."""
     steps = PLANE_STEPS[quality]
     active = [c for c in range(3) if sigmas[c] >= MIN_SIGMA]
@@ -315,7 +315,7 @@ def denoise_rgb(rgb: np.ndarray, sigmas: list[float], progress=None, quality: st
             opponent[:, :, c] = dct_denoise_plane(opponent[:, :, c], sigmas[c], steps[c])
         return opponent @ _OPPONENT * np.float32(1 / 255)   # _OPPONENT is orthonormal: inverse = transpose
 
-    out = process_tiled(rgb, tile_fn, tile=TILE, overlap=TILE_OVERLAP, context=TILE_CONTEXT, progress=progress)
+    out = process_tiled(rgb, tile_fn, tile=TILE, overlap=TILE_OVERLAP, context=TILE_CONTEXT, ctx=ctx)
     return np.clip(out, 0, 1, out=out)
 
 
@@ -338,9 +338,9 @@ def denoise(picture: Picture, params: dict, ctx: StageContext) -> Picture:
     if gray:
         scaled[1] = scaled[2] = 0.0
     if all(s < MIN_SIGMA for s in scaled):
-        ctx.progress(1, 1)
+        ctx.set_progress(1.0)
         return picture
-    out = denoise_rgb(rgb, scaled, progress=ctx.progress, quality=params["quality"])
+    out = denoise_rgb(rgb, scaled, ctx=ctx, quality=params["quality"])
     if gray:
         out = np.repeat(out.mean(axis=2, keepdims=True), 3, axis=2)
     return picture.replace(rgb=np.ascontiguousarray(out, dtype=np.float32))

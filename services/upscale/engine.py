@@ -1,4 +1,5 @@
-"""Inference engine: device and precision selection, and the per-tile function handed to the tiler.
+"""How a Real-ESRGAN network runs: its precision split and the alpha plane (the shared model layer does
+device/precision choice, padding, cropping and clamping).
 
 Precision policy on CPU (each choice was checked against eager fp32 output, see bench/upscale.py):
 - ``mixed`` for RRDBNet: head, residual stream and the x4 upsampling tail stay fp32; only the trunk
@@ -10,93 +11,82 @@ On CUDA everything runs in fp16 (UPSCALE_DEVICE / UPSCALE_PRECISION override bot
 """
 from __future__ import annotations
 
-import threading
-from functools import lru_cache
-
 import numpy as np
 import torch
 from torch import nn
 
-from shared.torch_weights import select_torch_device
-from shared.settings import cached_settings
+from shared.model_layer import ModelSpec, SizeRequirements, select_device, select_precision
+from shared.torch_model import TorchModel
 
 from .arch import RRDBNet
-from .settings import UpscaleSettings
 
-PRECISIONS = ("auto", "fp32", "bf16", "mixed", "fp16")
+STAGE = "upscale"
 UPSAMPLE_HALO = 2            # feature rows of context for the strip-wise RRDBNet upsampling tail
 UPSAMPLE_STRIP_PIXELS = 8192  # feature pixels per strip (x16 at the output resolution, 64 channels)
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
-@lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def precisions_for(arch: type) -> tuple[tuple[str, ...], str]:
+    """(supported precisions, the CPU choice) of an architecture."""
+    if issubclass(arch, RRDBNet):
+        return ("fp32", "mixed", "fp16"), "mixed"  # whole-net bf16 lost too much (see above)
+    return ("fp32", "bf16", "fp16"), "bf16"
 
 
-def select_device() -> torch.device:
-    wanted = cached_settings(UpscaleSettings).upscale_device
-    if wanted != "auto":
-        return torch.device(wanted)
-    return torch.device(select_torch_device())
+def _no_files(*_args, **_kwargs):
+    raise RuntimeError("a bare network's spec has no weight files to load")
 
 
-def select_precision(net: nn.Module, device: torch.device, requested: str | None = None) -> str:
-    requested = requested or cached_settings(UpscaleSettings).upscale_precision
-    if requested not in PRECISIONS:
-        raise ValueError(f"UPSCALE_PRECISION must be one of {PRECISIONS}")
-    if requested != "auto":
-        return requested
-    if device.type == "cuda":
-        return "fp16"
-    if not cpu_has_bf16():
-        return "fp32"
-    return "mixed" if isinstance(net, RRDBNet) else "bf16"
+def network_spec(net: nn.Module, scale: int, name: str | None = None) -> ModelSpec:
+    """A spec for a bare network (no files): what tests and benchmarks need to run one directly."""
+    precisions, cpu = precisions_for(type(net))
+    return ModelSpec(name=name or type(net).__name__, description="", license="", files=(), load=_no_files,
+                     fetch_command="", scale=scale, size=SizeRequirements(multiple_of=getattr(net, "input_multiple", 1)),
+                     precisions=precisions, cpu_precision=cpu)
 
 
-class Engine:
-    """A loaded network plus how to run it. Shared read-only between requests (inference mode only)."""
+class Engine(TorchModel):
+    """A Real-ESRGAN network ready to run: ``engine(tile, ctx)`` / ``engine.run_image(tile)``.
 
-    def __init__(self, net: nn.Module, scale: int, *, device: torch.device | None = None,
+    H x W x C float32 (C = 3, or 4 with alpha) -> sH x sW x C float32 in [0, 1]. Alpha is upscaled by the same
+    network (as Real-ESRGAN's ``alpha_upsampler='realesrgan'``): fed as a grey RGB image in the same batch and
+    read back as luma.
+    """
+
+    def __init__(self, net: nn.Module, scale: int, *, spec: ModelSpec | None = None, device: str | None = None,
                  precision: str | None = None):
-        self.device = device or select_device()
-        self.precision = select_precision(net, self.device, precision)
-        self.scale = scale
+        spec = spec or network_spec(net, scale)
+        device = device or select_device(STAGE)
+        super().__init__(spec, net, device, precision or select_precision(spec, device, stage=STAGE))
         self.upsample_strip_pixels = UPSAMPLE_STRIP_PIXELS
-        self.multiple = getattr(net, "input_multiple", 1)
-        self.channels_last = self.device.type == "cpu" and self.precision in ("bf16", "mixed")
-        net = net.to(self.device)
-        if self.precision == "fp16":
-            net = net.half()
-        if self.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        self.net = net.eval()
-        self._lock = threading.Lock()  # one forward at a time per engine; the service runs one request anyway
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW float32 on CPU in [0, 1] -> NC(sH)(sW) float32 on CPU (not clipped)."""
-        x = x.to(self.device)
-        if self.precision == "fp16":
-            x = x.half()
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        net = self.net
-        with self._lock, torch.inference_mode():
-            if isinstance(net, RRDBNet):
-                feat = net.head(x)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "mixed"):
-                    trunk = net.trunk(feat)
-                out = self._upsample_in_strips(net, feat + trunk.to(feat.dtype))
-            elif self.precision == "bf16":
-                with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                    out = net(x)
-            else:
-                out = net(x)
-        return out.float().cpu().contiguous()
+    @property
+    def net(self) -> nn.Module:
+        return self.model
+
+    def run_image(self, image: np.ndarray, ctx=None) -> np.ndarray:
+        return self(image, ctx)
+
+    def forward(self, image: np.ndarray, ctx=None) -> np.ndarray:
+        batch = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+        rgb = batch[:, :3]
+        if image.shape[2] == 4:
+            rgb = torch.cat([rgb, batch[:, 3:4].expand(1, 3, -1, -1)], 0)
+        out = self.run_batch(rgb, ctx).float().cpu()
+        result = out[0].permute(1, 2, 0)
+        if image.shape[2] == 4:
+            alpha = (out[1].clamp(0, 1) * torch.tensor(LUMA_WEIGHTS).view(3, 1, 1)).sum(0, keepdim=True)
+            result = torch.cat([result, alpha.permute(1, 2, 0)], 2)
+        return result.numpy()
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.model
+        if isinstance(net, RRDBNet):
+            feat = net.head(x)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "mixed"):
+                trunk = net.trunk(feat)
+            return self._upsample_in_strips(net, feat + trunk.to(feat.dtype))
+        return super().run(x)
 
     def _upsample_in_strips(self, net: RRDBNet, feat: torch.Tensor) -> torch.Tensor:
         """``net.upsample`` (x4 nearest + four 3x3 convs at 2x/4x resolution) over horizontal strips.
@@ -117,27 +107,3 @@ class Engine:
             part = net.upsample(feat[:, :, a0:a1])
             parts.append(part[:, :, (y0 - a0) * factor:(y1 - a0) * factor])
         return torch.cat(parts, 2)
-
-    def run_image(self, image: np.ndarray) -> np.ndarray:
-        """H x W x C float32 (C = 3, or 4 with alpha) -> sH x sW x C float32, clipped to [0, 1].
-
-        Alpha is upscaled by the same network (as Real-ESRGAN's ``alpha_upsampler='realesrgan'``): it is
-        fed as a grey RGB image in the same batch and read back as luma.
-        """
-        height, width, channels = image.shape
-        pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < height and pad_w < width else "edge"
-            image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
-        chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        batch = chw[None, :3]
-        if channels == 4:
-            batch = torch.cat([batch, chw[None, 3:4].expand(1, 3, -1, -1)], 0)
-        out = self.forward(batch).clamp(0, 1)
-        out = out[:, :, :height * self.scale, :width * self.scale]
-        result = out[0].permute(1, 2, 0)
-        if channels == 4:
-            weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
-            alpha = (out[1] * weights).sum(0, keepdim=True).permute(1, 2, 0)
-            result = torch.cat([result, alpha], 2)
-        return np.ascontiguousarray(result.numpy())

