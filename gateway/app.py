@@ -8,16 +8,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
+import math
+import re
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from shared.contract import InvalidParams, StageError, error_body
-from shared.imaging import decode_image, encode_jpeg, encode_png
-from shared.service import read_multipart
+from shared.contract import BadRequest, InvalidParams, StageError
+from shared.imaging import (check_pixel_limit, decode_image, encode_png, png_to_jpeg, probe_size, verify_png)
+from shared.openapi import endpoint_openapi, error_responses, image_response, install_error_handlers
+from shared.upload import read_multipart, reject_unknown_fields
 
 from .chains import (STEPS, ChainOutcome, build_advanced_steps, parse_advanced_chain, run_chain,
                      simple_chain)
@@ -27,39 +29,63 @@ from .jobs_store import JobSettings
 from .settings import Settings
 
 log = logging.getLogger("restore.gateway")
-MAX_UPLOAD_BYTES = int(os.environ.get("MAX_UPLOAD_BYTES", 100 * 1024 * 1024))
+# Validated at import: a bad variable stops the gateway with a message naming it.
+SETTINGS = Settings.from_env()
+# Bytes one /v1/finish may hold per result pixel: the upload and the result PNG (up to 8 bytes a pixel
+# each at 16-bit RGBA, usually far less) and, for JPEG, the decoded 8-bit pixels.
+FINISH_BYTES_PER_PIXEL = 12
+
+
+def finish_slots(settings: Settings) -> int:
+    """How many /v1/finish requests may run at once within FINISH_MEMORY_BUDGET_MB."""
+    per_request = settings.finish_pixel_limit * FINISH_BYTES_PER_PIXEL
+    return max(1, settings.finish_memory_budget_mb * 1024 * 1024 // per_request)
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    settings = Settings.from_env()
+    settings = SETTINGS
     client = StageClient(settings)
     # Jobs are only enqueued and read here; `python -m gateway.worker` runs them.
     jobs = Jobs(JobSettings())
     app.state.settings, app.state.client, app.state.jobs = settings, client, jobs
+    app.state.finish_slots = asyncio.Semaphore(finish_slots(settings))
+    warm = asyncio.create_task(client.warm_info_cache())
     yield
+    warm.cancel()
     await client.close()
 
 
-app = FastAPI(title="Old-photo restoration gateway", lifespan=lifespan)
+app = FastAPI(title="Old-photo restoration gateway", lifespan=lifespan,
+              description="Restores old photos by running stage services in chains. Every error is "
+                          "`{\"error\": {\"code\", \"message\", \"stage\"}}`.")
+install_error_handlers(app)
+
+SIMPLE_FIELDS = frozenset({"colorize", "upscale", "repair", "tone"})
+ADVANCED_FIELDS = frozenset({"stages"})
+FINISH_FIELDS = {"blur_sigma": 0.0, "sharpen_amount": 0.0, "sharpen_radius": 1.0, "sharpen_threshold": 0.0}
+FINISH_OTHER_FIELDS = frozenset({"format", "quality"})
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-@app.exception_handler(StageError)
-async def stage_error_handler(_: Request, exc: StageError):
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-
-@app.exception_handler(Exception)
-async def unexpected_error_handler(_: Request, exc: Exception):
-    log.exception("unexpected gateway error")
-    return JSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}"), status_code=500)
-
-
-async def validated_upload(request: Request, max_pixels: int) -> tuple[bytes, dict[str, str]]:
-    data, fields = await read_multipart(request, MAX_UPLOAD_BYTES)
-    # Decoding here rejects bad uploads before any stage is called; the stages decode the same bytes.
+async def validated_upload(request: Request, max_pixels: int, known_fields: frozenset[str]) -> tuple[bytes, dict]:
+    data, fields = await read_multipart(request, request.app.state.settings.input_upload_limit)
+    reject_unknown_fields(fields, known_fields)
+    # Decoding here rejects bad uploads before any stage is called (inputs are at most MAX_PIXELS).
     await run_in_threadpool(decode_image, data, max_pixels)
     return data, fields
+
+
+def check_large_upload(data: bytes, max_pixels: int) -> None:
+    """/v1/finish takes results up to 16x MAX_PIXELS: checked from the header and, for PNG, inflated in
+    steps without decoding; the postprocess stage is the one place that decodes it."""
+    fmt, width, height = probe_size(data)
+    check_pixel_limit(width, height, max_pixels)
+    if fmt == "PNG":
+        try:
+            verify_png(data, max_pixels)
+        except ValueError:
+            raise BadRequest("the image data is corrupt or truncated", code="corrupt_image") from None
 
 
 async def passthrough_original(data: bytes, max_pixels: int) -> bytes:
@@ -84,6 +110,10 @@ async def chain_response(request: Request, data: bytes, outcome: ChainOutcome) -
     return Response(image, media_type="image/png", headers=result_headers(outcome))
 
 
+def known_fields(mode: str) -> frozenset[str]:
+    return SIMPLE_FIELDS if mode == "simple" else ADVANCED_FIELDS if mode == "advanced" else frozenset()
+
+
 async def steps_from_fields(request: Request, mode: str, fields: dict[str, str]):
     if mode == "simple":
         return simple_chain(fields.get("colorize", "auto").strip().lower(), fields.get("upscale", "none"),
@@ -95,67 +125,96 @@ async def steps_from_fields(request: Request, mode: str, fields: dict[str, str])
 
 
 async def run_synchronously(request: Request, mode: str) -> Response:
-    data, fields = await validated_upload(request, request.app.state.settings.max_pixels)
+    data, fields = await validated_upload(request, request.app.state.settings.max_pixels, known_fields(mode))
     steps = await steps_from_fields(request, mode, fields)
     outcome = await run_chain(request.app.state.client, data, steps)
     return await chain_response(request, data, outcome)
 
 
-@app.post("/v1/restore")
+STRING = {"type": "string"}
+CHAIN_ERRORS = (400, 413, 415, 422, 500, 502, 503, 504)
+RESULT_PNG = image_response("the restored image (PNG); X-Stages-Run, X-Skipped-Stages, X-Skipped-Reasons, "
+                            "X-Stage-Times and Server-Timing say what ran")
+SIMPLE_BODY = {"repair": {**STRING, "enum": ["auto", "on", "off"], "default": "auto"},
+               "tone": {**STRING, "enum": ["auto", "off"], "default": "auto"},
+               "colorize": {**STRING, "enum": ["auto", "on", "off"], "default": "auto"},
+               "upscale": {**STRING, "default": "none", "description": "none, x2, x4, enhance or a factor in (1, 8]",
+                           "example": "x2"}}
+ADVANCED_BODY = {"stages": {**STRING, "description": "JSON list of {\"stage\": name, \"params\": {...}}",
+                            "example": '[{"stage": "denoise"}]'}}
+
+
+@app.post("/v1/restore", response_class=Response, openapi_extra=endpoint_openapi(SIMPLE_BODY, RESULT_PNG, CHAIN_ERRORS))
 async def restore(request: Request):
     """Simple mode: fixed chain; the user picks repair (auto|on|off), colorize (auto|on|off), tone (auto|off) and upscale
     (none|x2|x4|enhance|factor)."""
     return await run_synchronously(request, "simple")
 
 
-@app.post("/v1/pipeline")
+@app.post("/v1/pipeline", response_class=Response,
+          openapi_extra=endpoint_openapi(ADVANCED_BODY, RESULT_PNG, CHAIN_ERRORS))
 async def pipeline(request: Request):
     """Advanced mode: ``stages`` = JSON list of {"stage": name, "params": {...}}, any order and subset."""
     return await run_synchronously(request, "advanced")
 
 
-FINISH_FIELDS = {"blur_sigma": 0.0, "sharpen_amount": 0.0, "sharpen_radius": 1.0, "sharpen_threshold": 0.0}
+FINISH_BODY = {**{name: {"type": "number", "default": default} for name, default in FINISH_FIELDS.items()},
+               "format": {**STRING, "enum": ["png", "jpeg", "jpg"], "default": "png"},
+               "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 92}}
 
 
-@app.post("/v1/finish")
+@app.post("/v1/finish", response_class=Response,
+          openapi_extra=endpoint_openapi(FINISH_BODY, image_response("the finished image", ("image/png", "image/jpeg")),
+                                         CHAIN_ERRORS))
 async def finish(request: Request):
     """Final adjustment of a result: extra blur and sharpness; ``format`` png (default) or jpeg."""
-    settings = request.app.state.settings
-    data, fields = await validated_upload(request, settings.finish_max_pixels)
-    params = {}
-    for name, default in FINISH_FIELDS.items():
-        try:
-            params[name] = float(fields.get(name, default))
-        except ValueError:
-            raise InvalidParams(f"'{name}' must be a number", field=name) from None
-    fmt = fields.get("format", "png").lower()
-    if fmt not in ("png", "jpeg", "jpg"):
-        raise InvalidParams("'format' must be png or jpeg", field="format")
+    settings: Settings = request.app.state.settings
+    # Held from the upload on: each finish may hold a result of up to 16x MAX_PIXELS, and only as many run
+    # at once as FINISH_MEMORY_BUDGET_MB allows.
+    async with request.app.state.finish_slots:
+        data, fields = await read_multipart(request, settings.max_upload_bytes)
+        reject_unknown_fields(fields, frozenset(FINISH_FIELDS) | FINISH_OTHER_FIELDS)
+        params = {name: finite_number(fields, name, default) for name, default in FINISH_FIELDS.items()}
+        fmt = fields.get("format", "png").strip().lower()
+        if fmt not in ("png", "jpeg", "jpg"):
+            raise InvalidParams("'format' must be png or jpeg", field="format")
+        quality_text = fields.get("quality", "92").strip()
+        if not (quality_text.isdigit() and len(quality_text) <= 3 and 1 <= int(quality_text) <= 100):
+            raise InvalidParams("'quality' must be an integer 1..100", field="quality")
+        await run_in_threadpool(check_large_upload, data, settings.finish_pixel_limit)
+        steps = await build_advanced_steps(request.app.state.client, [("postprocess", params)])
+        outcome = await run_chain(request.app.state.client, data, steps)
+        del data
+        headers = result_headers(outcome)
+        if fmt == "png":
+            return Response(outcome.image, media_type="image/png", headers=headers)
+        jpeg = await run_in_threadpool(png_to_jpeg, outcome.image, int(quality_text))
+        return Response(jpeg, media_type="image/jpeg", headers=headers)
+
+
+def finite_number(fields: dict[str, str], name: str, default: float) -> float:
+    text = fields.get(name)
+    if text is None:
+        return default
     try:
-        quality = int(fields.get("quality", 92))
+        value = float(text) if len(text) <= 64 else math.nan
     except ValueError:
-        raise InvalidParams("'quality' must be an integer 1..100", field="quality") from None
-    if not 1 <= quality <= 100:
-        raise InvalidParams("'quality' must be an integer 1..100", field="quality")
-    steps = await build_advanced_steps(request.app.state.client, [("postprocess", params)])
-    outcome = await run_chain(request.app.state.client, data, steps)
-    headers = result_headers(outcome)
-    if fmt == "png":
-        return Response(outcome.image, media_type="image/png", headers=headers)
-    jpeg = await run_in_threadpool(lambda: encode_jpeg(decode_image(outcome.image, settings.finish_max_pixels),
-                                                       quality))
-    return Response(jpeg, media_type="image/jpeg", headers=headers)
+        value = math.nan
+    if not math.isfinite(value):
+        raise InvalidParams(f"'{name}' must be a finite number", field=name)
+    return value
 
 
-@app.get("/v1/stages")
+@app.get("/v1/stages", responses=error_responses((500,)))
 async def stages(request: Request):
-    """Each service's /info and /health, gathered concurrently; a down service is reported, not fatal."""
+    """Each service's /info (cached) and /health, gathered concurrently; a silent service is reported down
+    after STAGE_HEALTH_TIMEOUT_S."""
     client: StageClient = request.app.state.client
     services = sorted({service for service, _ in STEPS.values()})
 
     async def describe(service: str) -> dict:
         try:
-            info, health = await asyncio.gather(client.get_json(service, "/info"), client.get_json(service, "/health"))
+            info, health = await asyncio.gather(client.info(service), client.get_json(service, "/health"))
             return {"service": service, "status": health.get("status"), "info": info}
         except StageError as exc:
             return {"service": service, "status": "down", "error": exc.body()["error"]}
@@ -165,8 +224,9 @@ async def stages(request: Request):
             "services": described, "max_pixels": request.app.state.settings.max_pixels}
 
 
-@app.get("/health")
+@app.get("/health", responses=error_responses((500,)))
 async def health(request: Request):
+    """The gateway is up; each stage's status ("down" when silent for STAGE_HEALTH_TIMEOUT_S)."""
     client: StageClient = request.app.state.client
 
     async def status(service: str) -> str:
@@ -188,28 +248,45 @@ async def health(request: Request):
     return {"status": "ok", "stages": statuses, "jobs": await job_store()}
 
 
-@app.post("/v1/jobs", status_code=202)
+JOB_STATUS = {"description": "the job's state", "content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+@app.post("/v1/jobs", status_code=202, response_class=JSONResponse, openapi_extra=endpoint_openapi(
+    {"mode": {**STRING, "enum": ["simple", "advanced"], "default": "simple"}, **SIMPLE_BODY, **ADVANCED_BODY},
+    JOB_STATUS, (400, 413, 415, 422, 429, 500, 502, 503, 504), ok_status=202))
 async def create_job(request: Request):
     """Queue a simple or advanced run (same fields as /v1/restore or /v1/pipeline, plus ``mode``)."""
-    data, fields = await validated_upload(request, request.app.state.settings.max_pixels)
-    mode = fields.get("mode", "simple")
+    data, fields = await read_multipart(request, request.app.state.settings.input_upload_limit)
+    mode = fields.pop("mode", "simple")
+    if mode not in ("simple", "advanced"):
+        raise InvalidParams("'mode' must be simple or advanced", field="mode")
+    reject_unknown_fields(fields, known_fields(mode))
+    await run_in_threadpool(decode_image, data, request.app.state.settings.max_pixels)
     steps = await steps_from_fields(request, mode, fields)
     status = await run_in_threadpool(request.app.state.jobs.submit, mode, steps, data)
     return JSONResponse(status, status_code=202, headers={"Location": f"/v1/jobs/{status['id']}"})
 
 
-@app.get("/v1/jobs/{job_id}")
+def checked_job_id(job_id: str) -> str:
+    """Ids are short tokens; anything else is unknown, and is not echoed back."""
+    if not JOB_ID.match(job_id):
+        raise StageError("no such job (unknown, or its result expired)", code="job_not_found", status=404)
+    return job_id
+
+
+@app.get("/v1/jobs/{job_id}", responses=error_responses((404, 500)))
 async def job_status(job_id: str, request: Request):
-    return await run_in_threadpool(request.app.state.jobs.status, job_id)
+    return await run_in_threadpool(request.app.state.jobs.status, checked_job_id(job_id))
 
 
-@app.get("/v1/jobs/{job_id}/result")
+@app.get("/v1/jobs/{job_id}/result", response_class=Response, responses={
+    "200": image_response("the result (PNG)"), **error_responses((404, 409, 500))})
 async def job_result(job_id: str, request: Request):
-    image, outcome = await run_in_threadpool(request.app.state.jobs.result, job_id)
+    image, outcome = await run_in_threadpool(request.app.state.jobs.result, checked_job_id(job_id))
     return Response(image, media_type="image/png", headers=result_headers(outcome))
 
 
-@app.delete("/v1/jobs/{job_id}")
+@app.delete("/v1/jobs/{job_id}", responses=error_responses((404, 500)))
 async def cancel_job(job_id: str, request: Request):
     """Cancel a queued or running job: it leaves the queue at once; a running stage's request is closed."""
-    return await run_in_threadpool(request.app.state.jobs.cancel, job_id)
+    return await run_in_threadpool(request.app.state.jobs.cancel, checked_job_id(job_id))

@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable
 from starlette.concurrency import run_in_threadpool
 
 from shared.contract import InvalidParams, StageError, parse_json_field, validate_against_schema
-from shared.imaging import PNG_MEDIA_TYPE, RASTER_MAGIC, RASTER_MEDIA_TYPE, decode_any, encode_png
+from shared.imaging import PNG_MEDIA_TYPE, RASTER_MEDIA_TYPE, decode_any, encode_png, is_raster, transport_size
 
 from .client import StageClient
 
@@ -76,12 +76,12 @@ def parse_upscale(value: str) -> dict[str, Any] | None:
     if text in ("x2", "x4"):
         return {"scale": float(text[1:])}
     try:
-        factor = float(text.lstrip("x"))
+        factor = float(text.removeprefix("x"))
     except ValueError:
         raise InvalidParams("'upscale' must be none, x2, x4, enhance or a factor such as 1.5",
                             field="upscale") from None
     if not 1 < factor <= 8:
-        raise InvalidParams(f"upscale factor {factor} is out of range (1, 8]", field="upscale")
+        raise InvalidParams("upscale factor is out of range (1, 8]", field="upscale")
     return {"scale": factor}
 
 
@@ -166,6 +166,24 @@ async def build_advanced_steps(client: StageClient, chain: list[tuple[str, dict]
     return steps
 
 
+def skip_reason(exc: StageError) -> str:
+    """What X-Skipped-Reasons says: the model and how to fetch it, not the stage's internal reason."""
+    model, fetch = exc.details.get("model"), exc.details.get("fetch_command")
+    if model and fetch:
+        return f"model '{model}' is not available; fetch it with: {fetch}"
+    return "the stage's model is not available"
+
+
+def expected_output_size(step: Step, size: tuple[int, int]) -> tuple[int, int] | None:
+    """The size a step's answer must have, where the gateway can know it (None: any size)."""
+    if step.service != "upscale" or step.params.get("enhance"):
+        return size
+    scale = step.params.get("scale")
+    if isinstance(scale, (int, float)):
+        return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+    return None
+
+
 ProgressHook = Callable[[str, int, int], Awaitable[None]]
 StepDoneHook = Callable[[int, ChainOutcome], Awaitable[None]]
 
@@ -182,8 +200,10 @@ async def run_chain(client: StageClient, image: bytes, steps: list[Step],
     """
     outcome = outcome if outcome is not None else ChainOutcome(image=None)
     current, current_type = image, PNG_MEDIA_TYPE
-    if start and bytes(image[:len(RASTER_MAGIC)]) == RASTER_MAGIC:  # resumed from a saved intermediate image
+    if start and is_raster(image):  # resumed from a saved intermediate image
         current_type = RASTER_MEDIA_TYPE
+    size = await run_in_threadpool(transport_size, image)
+    max_pixels = client.settings.largest_result_pixels
     for index in range(start, len(steps)):
         step = steps[index]
         if on_step_start is not None:
@@ -193,10 +213,11 @@ async def run_chain(client: StageClient, image: bytes, steps: list[Step],
         try:
             # Between stages the raster transport; the last stage answers the PNG the user gets.
             result = await client.process(step.service, current, step.params, request_id=request_id,
-                                          media_type=current_type, final=index == len(steps) - 1)
+                                          media_type=current_type, final=index == len(steps) - 1,
+                                          expected_size=expected_output_size(step, size), max_pixels=max_pixels)
         except StageError as exc:
             if exc.status == 503 and exc.code == "model_unavailable" and step.skip_if_unavailable:
-                outcome.skipped.append((step.name, exc.message))
+                outcome.skipped.append((step.name, skip_reason(exc)))
                 if on_step_done is not None:
                     await on_step_done(index, outcome)
                 continue
@@ -206,7 +227,7 @@ async def run_chain(client: StageClient, image: bytes, steps: list[Step],
         for key, value in result.headers.items():
             if key.lower().startswith(FORWARDED_HEADER_PREFIXES):
                 outcome.forwarded_headers[key] = value
-        current, current_type = result.image, result.media_type
+        current, current_type, size = result.image, result.media_type, result.size
         outcome.image = current
         if on_step_done is not None:
             await on_step_done(index, outcome)

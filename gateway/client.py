@@ -1,7 +1,9 @@
 """HTTP calls from the gateway to the stage services: pooled client, retries, timeouts, errors named by stage."""
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass
 
@@ -9,10 +11,16 @@ import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from shared.contract import StageError
-from shared.imaging import PNG_MEDIA_TYPE, RASTER_MEDIA_TYPE
+from shared.imaging import PNG_MEDIA_TYPE, RASTER_MEDIA_TYPE, verify_image_answer
 
 from .balancer import Replica, ReplicaSet
 from .settings import Settings
+
+log = logging.getLogger("restore.gateway.client")
+
+# Statuses of the stage contract whose error body the gateway passes on as its own answer; anything else a
+# stage says (a redirect, 401, a 500) is the stage's failure, answered 502 naming it.
+PASSED_ON_STATUSES = {400, 413, 415, 422, 503}
 
 # Errors where the request never reached a working stage or the stage died while serving it: safe to retry,
 # because /process has no side effects.
@@ -40,6 +48,7 @@ ACCEPT_PNG = PNG_MEDIA_TYPE
 class StageResult:
     image: bytes
     media_type: str            # PNG_MEDIA_TYPE or RASTER_MEDIA_TYPE
+    size: tuple[int, int]      # width, height of the checked answer
     gateway_ms: float          # wall time seen by the gateway, transfers and retries included
     stage_ms: float | None     # the stage's own X-Process-Time-Ms
     headers: dict[str, str]
@@ -67,13 +76,15 @@ class StageClient:
                              retry=retry_if_exception(_should_retry), reraise=True)
 
     async def process(self, service: str, image: bytes, params: dict, request_id: str | None = None, *,
-                      media_type: str = PNG_MEDIA_TYPE, final: bool = True) -> StageResult:
+                      media_type: str = PNG_MEDIA_TYPE, final: bool = True,
+                      expected_size: tuple[int, int] | None = None, max_pixels: int) -> StageResult:
         """POST to one replica per attempt; a replica that failed is not tried again by the same request.
 
         ``request_id`` goes out as X-Request-Id so that ``progress`` can ask the stage how far it is. Cancelling
         the calling task closes the connection, which is the stage's signal to stop working. ``media_type``
         labels ``image``. A ``final`` answer (the one the user gets) is PNG; an intermediate one comes in the
-        raster transport unless settings say PNG.
+        raster transport unless settings say PNG. The answer is checked (status, content type, an intact image
+        of the expected size) before anything uses it.
         """
         replicas = self.replicas[service]
         tried: set[str] = set()
@@ -110,12 +121,14 @@ class StageClient:
             raise _stage_failure(service, exc.response) from None
         except httpx.TimeoutException as exc:
             if isinstance(exc, httpx.ConnectTimeout):
-                raise StageError(f"stage '{service}' is unreachable at {url}", code="stage_unreachable",
+                log.warning("stage %s: connect timeout at %s", service, url)
+                raise StageError(f"stage '{service}' is unreachable", code="stage_unreachable",
                                  status=502, stage=service) from None
-            raise StageError(f"stage '{service}' did not answer within {self.settings.stage_timeouts[service]:.0f}"
+            raise StageError(f"stage '{service}' did not answer within {self.settings.stage_timeouts[service]:g}"
                              " s", code="stage_timeout", status=504, stage=service) from None
         except httpx.TransportError as exc:
-            raise StageError(f"stage '{service}' is unreachable or failed mid-request ({type(exc).__name__})",
+            log.warning("stage %s at %s: %r", service, url, exc)
+            raise StageError(f"stage '{service}' is unreachable or failed mid-request",
                              code="stage_unreachable", status=502, stage=service) from None
         finally:
             if request_id:
@@ -123,10 +136,12 @@ class StageClient:
         gateway_ms = (time.perf_counter() - started) * 1000
         if response.status_code != 200:
             raise _stage_failure(service, response)
-        stage_ms = response.headers.get("x-process-time-ms")
-        answered = response.headers.get("content-type", PNG_MEDIA_TYPE).split(";")[0].strip().lower()
-        return StageResult(response.content, answered, gateway_ms, float(stage_ms) if stage_ms else None,
-                           dict(response.headers))
+        size = await asyncio.to_thread(_checked_answer_size, service, response, expected_size, max_pixels)
+        answered = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if answered not in accept:
+            raise bad_answer(service, f"answered {answered}, asked for {accept}")
+        stage_ms = _float_or_none(response.headers.get("x-process-time-ms"))
+        return StageResult(response.content, answered, size, gateway_ms, stage_ms, dict(response.headers))
 
     async def progress(self, request_id: str) -> float | None:
         """The stage's own progress (0..1) of a request in flight; None when the stage does not report it."""
@@ -144,33 +159,94 @@ class StageClient:
             return None
 
     async def get_json(self, service: str, path: str) -> dict:
+        """A stage's /health or /info; a stage silent for STAGE_HEALTH_TIMEOUT_S counts as down."""
         replica = self.replicas[service].acquire()
         self.replicas[service].release(replica)  # a short read: balanced, but not counted as load
         url = replica.url + path
+        wait = self.settings.stage_health_timeout_s
         try:
-            response = await self.http.get(url, timeout=httpx.Timeout(10, connect=self.settings.connect_timeout))
+            timeout = httpx.Timeout(wait, connect=min(wait, self.settings.connect_timeout))
+            response = await self.http.get(url, timeout=timeout)
             response.raise_for_status()
-            return response.json()
+            body = response.json()
+            if not isinstance(body, dict):
+                raise ValueError("not a JSON object")
+            return body
+        except httpx.TimeoutException:
+            log.warning("stage %s: no answer on %s within %g s", service, url, wait)
+            raise StageError(f"stage '{service}' did not answer within {wait:g} s", code="stage_timeout",
+                             status=504, stage=service) from None
         except (httpx.HTTPError, ValueError) as exc:
-            raise StageError(f"stage '{service}' is unreachable at {url} ({type(exc).__name__})",
-                             code="stage_unreachable", status=502, stage=service) from None
+            log.warning("stage %s: %s failed: %r", service, url, exc)
+            raise StageError(f"stage '{service}' is unreachable", code="stage_unreachable", status=502,
+                             stage=service) from None
 
     async def info(self, service: str) -> dict:
+        """The stage's /info, cached: a fresh copy is reused; when a refresh fails, the last one still serves
+        (the /process call then meets the stage's own timeout), so a hung stage cannot stall validation."""
         cached = self._info_cache.get(service)
         if cached and time.monotonic() - cached[0] < self.settings.info_cache_ttl:
             return cached[1]
-        info = await self.get_json(service, "/info")
+        try:
+            info = await self.get_json(service, "/info")
+            if not isinstance(info.get("params"), list):
+                raise StageError(f"stage '{service}' answered an unusable /info", code="stage_bad_answer",
+                                 status=502, stage=service)
+        except StageError:
+            if cached:
+                return cached[1]
+            raise
         self._info_cache[service] = (time.monotonic(), info)
         return info
 
+    async def warm_info_cache(self) -> None:
+        """Fetch every stage's /info once at start (a stage that is down is simply tried again later)."""
+        await asyncio.gather(*(self.info(s) for s in self.settings.service_urls), return_exceptions=True)
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+def bad_answer(service: str, what: str) -> StageError:
+    log.warning("stage %s gave an unusable answer: %s", service, what)
+    return StageError(f"stage '{service}' gave an unusable answer ({what})", code="stage_bad_answer",
+                      status=502, stage=service)
+
+
+def _checked_answer_size(service: str, response: httpx.Response, expected: tuple[int, int] | None,
+                         max_pixels: int) -> tuple[int, int]:
+    if not response.content:
+        raise bad_answer(service, "empty body")
+    try:
+        size = verify_image_answer(response.content, response.headers.get("content-type", ""), max_pixels)
+    except StageError as exc:  # over the pixel limit
+        raise bad_answer(service, exc.message) from None
+    except ValueError as exc:
+        raise bad_answer(service, str(exc)) from None
+    if expected is not None and size != expected:
+        raise bad_answer(service, f"image is {size[0]}x{size[1]}, expected {expected[0]}x{expected[1]}")
+    return size
+
 
 def _stage_failure(service: str, response: httpx.Response) -> StageError:
-    """Turn a stage's non-200 answer into a gateway error that keeps its status, code and message."""
+    """A stage's non-200 answer as a gateway error: the contract's 4xx/503 pass on with their code and
+    message; anything else is 502 naming the stage (its text goes to the log, not to the client)."""
+    error = None
     try:
-        error = response.json()["error"]
-        code, message = error.get("code", "stage_error"), error.get("message", response.text)
+        body = response.json()
+        error = body.get("error") if isinstance(body, dict) else None
+    except ValueError:
+        pass
+    valid = (isinstance(error, dict) and isinstance(error.get("code"), str)
+             and isinstance(error.get("message"), str))
+    if response.status_code in PASSED_ON_STATUSES and valid:
         extra = {k: v for k, v in error.items() if k not in ("code", "message", "stage")}
-    except (ValueError, KeyError, TypeError):
-        code, message, extra = "stage_error", response.text[:500], {}
-    status = response.status_code if response.status_code < 500 or response.status_code == 503 else 502
-    return StageError(f"stage '{service}': {message}", code=code, status=status, stage=service, details=extra)
+        return StageError(f"stage '{service}': {error['message']}", code=error["code"],
+                          status=response.status_code, stage=service, details=extra)
+    log.warning("stage %s answered HTTP %d: %s", service, response.status_code, response.text[:500])
+    return StageError(f"stage '{service}' failed (HTTP {response.status_code})", code="stage_failed",
+                      status=502, stage=service)

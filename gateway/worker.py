@@ -139,10 +139,11 @@ class Runner:
         except StageError as exc:
             await asyncio.to_thread(self._save, record, state="failed", finished=time.time(),
                                     error=exc.body()["error"])
-        except Exception as exc:  # a bug must still leave the job in a final state
+        except Exception:  # a bug must still leave the job in a final state; its details go to the log
             log.exception("job %s failed", job_id)
             await asyncio.to_thread(self._save, record, state="failed", finished=time.time(),
-                                    error=error_body("internal_error", f"{type(exc).__name__}: {exc}")["error"])
+                                    error=error_body("internal_error", "internal error; the details are in the "
+                                                     "worker's log")["error"])
         finally:
             watcher.cancel()
             self.running.pop(job_id, None)

@@ -127,15 +127,18 @@ class Param:
             raise InvalidParams(f"parameter '{self.name}' must be one of {list(self.choices)}, got {value!r}",
                                 field=self.name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidParams(f"parameter '{self.name}' must be a number, got {value!r}", field=self.name)
+            raise InvalidParams(f"parameter '{self.name}' must be a number, got {_preview(value)}", field=self.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidParams(f"parameter '{self.name}' must be a finite number", field=self.name)
+        if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            # far outside every declared range; float() of it would overflow
+            raise InvalidParams(f"parameter '{self.name}' is out of range", field=self.name)
         if self.kind == "int":
-            if float(value) != int(value):
+            if isinstance(value, float) and not value.is_integer():
                 raise InvalidParams(f"parameter '{self.name}' must be an integer", field=self.name)
             value = int(value)
         else:
             value = float(value)
-            if not math.isfinite(value):
-                raise InvalidParams(f"parameter '{self.name}' must be finite", field=self.name)
         low_ok = self.minimum is None or (value > self.minimum if self.exclusive_minimum else value >= self.minimum)
         high_ok = self.maximum is None or value <= self.maximum
         if not (low_ok and high_ok):
@@ -145,19 +148,49 @@ class Param:
         return value
 
 
+# Integers beyond this many bits are refused before any arithmetic (every range here is far smaller).
+MAX_INT_BITS = 64
+# Deeper JSON than this is refused before parsing (stage lists and params are two or three levels deep).
+MAX_JSON_DEPTH = 32
+
+
+def _preview(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def params_schema(params: Iterable[Param]) -> list[dict]:
     return [p.schema() for p in params]
 
 
 def parse_json_field(raw: str, field: str, expected: type) -> Any:
     """A form field holding JSON of the ``expected`` type (dict or list), or InvalidParams naming it."""
+    if _nesting_depth(raw) > MAX_JSON_DEPTH:
+        raise InvalidParams(f"'{field}' is nested deeper than {MAX_JSON_DEPTH} levels", field=field)
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InvalidParams(f"'{field}' is not valid JSON: {exc.msg}", field=field) from None
+    except ValueError:
+        # Python refuses integers longer than its int-string limit (4300 digits)
+        raise InvalidParams(f"'{field}' holds a number too long to read", field=field) from None
+    except RecursionError:
+        raise InvalidParams(f"'{field}' is nested too deeply", field=field) from None
     if not isinstance(value, expected):
         raise InvalidParams(f"'{field}' must be a JSON {'object' if expected is dict else 'list'}", field=field)
     return value
+
+
+def _nesting_depth(raw: str) -> int:
+    """Bracket depth, counted without parsing (strings may hold brackets; they only over-count)."""
+    depth = deepest = 0
+    for char in raw:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def parse_params_json(raw: str | None) -> dict:
@@ -172,7 +205,8 @@ def validate_params(declared: Iterable[Param], given: Mapping[str, Any]) -> dict
     by_name = {p.name: p for p in declared}
     unknown = sorted(set(given) - set(by_name))
     if unknown:
-        raise InvalidParams(f"unknown parameter '{unknown[0]}'; known: {sorted(by_name)}", field=unknown[0])
+        name = _preview(unknown[0])[1:-1] if len(unknown[0]) > 40 else unknown[0]
+        raise InvalidParams(f"unknown parameter '{name}'; known: {sorted(by_name)}", field=name)
     return {name: (p.coerce(given[name]) if name in given else p.default) for name, p in by_name.items()}
 
 

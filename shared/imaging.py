@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import os
 import struct
 import zlib
@@ -21,6 +22,8 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from .contract import BadRequest, ImageTooLarge, UnsupportedImage
+
+log = logging.getLogger("restore.imaging")
 
 # We check the pixel count ourselves, from the header, with our own limit and error.
 Image.MAX_IMAGE_PIXELS = None
@@ -97,7 +100,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
                     icc = None  # a CMYK profile does not describe the RGB pixels we produce
                 rgb, alpha, bit_depth = _pil_to_arrays(im)
     except (OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
-        raise BadRequest(f"the image data is corrupt or truncated: {exc}", code="corrupt_image") from None
+        log.info("undecodable %s upload: %r", fmt, exc)  # the decoder's words stay in the log
+        raise BadRequest(f"the {fmt} image data is corrupt or truncated", code="corrupt_image") from None
     if orientation != 1:
         rgb = _apply_orientation(rgb, orientation)
         alpha = None if alpha is None else _apply_orientation(alpha, orientation)
@@ -127,14 +131,9 @@ def _decode_16bit_png(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise OSError("OpenCV could not decode the 16-bit PNG")
-    arr = arr.astype(np.float32) / 65535.0
     if arr.ndim == 2:
-        return np.repeat(arr[:, :, None], 3, axis=2), None
-    if arr.shape[2] == 2:  # gray + alpha
-        return np.repeat(arr[:, :, :1], 3, axis=2), arr[:, :, 1]
-    if arr.shape[2] == 4:
-        return arr[:, :, 2::-1], arr[:, :, 3]
-    return arr[:, :, ::-1], None
+        arr = arr[:, :, None]
+    return to_float_planes(arr, 65535.0, bgr=True)
 
 
 def _pil_to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
@@ -152,14 +151,30 @@ def _pil_to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]
         im = im.convert("LA")
     elif mode not in ("L", "LA", "RGB", "RGBA"):
         im = im.convert("RGBA" if "A" in mode or "transparency" in im.info else "RGB")
-    arr = np.asarray(im, dtype=np.float32) * np.float32(1 / 255)
+    arr = np.asarray(im)
     if arr.ndim == 2:
-        return np.repeat(arr[:, :, None], 3, axis=2), None, 8
-    if im.mode == "LA":
-        return np.repeat(arr[:, :, :1], 3, axis=2), arr[:, :, 1], 8
-    if im.mode == "RGBA":
-        return arr[:, :, :3], arr[:, :, 3], 8
-    return arr, None, 8
+        arr = arr[:, :, None]
+    rgb, alpha = to_float_planes(arr, 255.0)
+    return rgb, alpha, 8
+
+
+def to_float_planes(arr: np.ndarray, peak: float, bgr: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Integer H x W x C pixels (C = 1 gray, 2 gray+alpha, 3 colour, 4 colour+alpha) as float32 RGB and alpha
+    in [0, 1], converted in row blocks straight into the final arrays (no full-size temporaries)."""
+    height, width, channels = arr.shape
+    rgb = np.empty((height, width, 3), np.float32)
+    alpha = np.empty((height, width), np.float32) if channels in (2, 4) else None
+    scale = np.float32(1 / peak)
+    for top in range(0, height, ROW_BLOCK):
+        block = arr[top:top + ROW_BLOCK]
+        rows = slice(top, top + block.shape[0])
+        if channels <= 2:
+            rgb[rows] = np.multiply(block[:, :, :1], scale, dtype=np.float32)
+        else:
+            np.multiply(block[:, :, 2::-1] if bgr else block[:, :, :3], scale, out=rgb[rows], dtype=np.float32)
+        if alpha is not None:
+            np.multiply(block[:, :, -1], scale, out=alpha[rows], dtype=np.float32)
+    return rgb, alpha
 
 
 def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -335,3 +350,145 @@ def decode_any(data: bytes | bytearray | memoryview, media_type: str | None = No
     if bytes(data[:len(RASTER_MAGIC)]) == RASTER_MAGIC:
         return decode_transport(data, max_pixels)
     return decode_image(bytes(data) if not isinstance(data, bytes) else data, max_pixels)
+
+
+# --- checking an image answer without decoding it into memory -------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+INFLATE_STEP = 1 << 20
+
+
+def _png_raw_size(width: int, height: int, bits_per_pixel: int, interlaced: bool) -> int:
+    def rows(w: int, h: int) -> int:
+        return h * (1 + (w * bits_per_pixel + 7) // 8) if w and h else 0
+    if not interlaced:
+        return rows(width, height)
+    return sum(rows((width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy) for x0, y0, dx, dy in _ADAM7)
+
+
+def verify_png(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """Width and height of a complete, intact PNG; ValueError saying what is wrong otherwise.
+
+    Every chunk's CRC is checked and the image data is inflated in 1 MB steps and counted, so a 32 MP
+    answer is checked in a few MB of memory instead of being decoded.
+    """
+    if not data.startswith(PNG_SIGNATURE):
+        raise ValueError("not a PNG")
+    pos, size, inflater, raw, expected, dims, ended = 8, len(data), zlib.decompressobj(), 0, None, None, False
+    while pos + 12 <= size:
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 12 + length
+        if end > size:
+            raise ValueError("truncated PNG chunk")
+        payload = data[pos + 8:pos + 8 + length]
+        if zlib.crc32(data[pos + 4:pos + 8 + length]) != struct.unpack(">I", data[end - 4:end])[0]:
+            raise ValueError(f"bad CRC in PNG chunk {kind!r}")
+        if kind == b"IHDR":
+            width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", payload[:13])
+            if colour not in _PNG_CHANNELS or not width or not height:
+                raise ValueError("invalid PNG header")
+            check_pixel_limit(width, height, max_pixels)
+            dims = (width, height)
+            expected = _png_raw_size(width, height, depth * _PNG_CHANNELS[colour], interlace == 1)
+        elif kind == b"IDAT":
+            if expected is None:
+                raise ValueError("PNG image data before its header")
+            chunk = payload
+            while chunk:
+                raw += len(inflater.decompress(chunk, INFLATE_STEP))
+                chunk = inflater.unconsumed_tail
+                if raw > expected:
+                    raise ValueError("PNG image data longer than its size")
+        elif kind == b"IEND":
+            ended = True
+            break
+        pos = end
+    if dims is None or not ended:
+        raise ValueError("incomplete PNG")
+    while not inflater.eof and (rest := inflater.decompress(b"", INFLATE_STEP)):
+        raw += len(rest)
+    if not inflater.eof or raw != expected:
+        raise ValueError("PNG image data is incomplete")
+    return dims
+
+
+# Media types of image answers between stages and the gateway, and how each is checked.
+def verify_raster(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """Width and height of a complete raster-transport image (header sane, length exact); ValueError otherwise."""
+    if len(data) < _RASTER_FIXED.size:
+        raise ValueError("truncated raster header")
+    magic, width, height, channels, bit_depth, exif_len, icc_len = _RASTER_FIXED.unpack_from(data)
+    if magic != RASTER_MAGIC or channels not in _CHANNEL_LAYOUTS or bit_depth not in (8, 16) or not width or not height:
+        raise ValueError("invalid raster header")
+    check_pixel_limit(width, height, max_pixels)
+    expected = _RASTER_FIXED.size + exif_len + icc_len + width * height * channels * (bit_depth // 8)
+    if len(data) != expected:
+        raise ValueError(f"raster image of {len(data)} bytes, its header says {expected}")
+    return width, height
+
+
+ANSWER_CHECKS = {PNG_MEDIA_TYPE: verify_png, RASTER_MEDIA_TYPE: verify_raster}
+
+
+def verify_image_answer(data: bytes, content_type: str, max_pixels: int) -> tuple[int, int]:
+    """Size of a stage's image answer of the given media type, checked whole; ValueError if unusable."""
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    check = ANSWER_CHECKS.get(media_type)
+    if check is None:
+        raise ValueError(f"unexpected content type {media_type or 'none'!r}")
+    return check(data, max_pixels)
+
+
+def is_raster(data: bytes | bytearray | memoryview) -> bool:
+    return bytes(data[:len(RASTER_MAGIC)]) == RASTER_MAGIC
+
+
+def transport_size(data: bytes) -> tuple[int, int]:
+    """Width and height of an upload (after its EXIF orientation) or of a raster-transport image."""
+    if is_raster(data):
+        return verify_raster(data, 1 << 40)
+    return oriented_size(data)
+
+
+def oriented_size(data: bytes) -> tuple[int, int]:
+    """Width and height of an upload as the stages see it (after its EXIF orientation)."""
+    _, width, height = probe_size(data)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            orientation = int(im.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
+    except Exception:
+        orientation = 1
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def png_to_jpeg(png: bytes, quality: int = 92) -> bytes:
+    """JPEG of a PNG result, converted in 8-bit row blocks (no float copy of the image); alpha is composited
+    on white, EXIF and ICC are kept."""
+    with Image.open(io.BytesIO(png)) as im:
+        exif = _strip_exif_prefix(im.info.get("exif"))
+        icc = im.info.get("icc_profile") or None
+    arr = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise BadRequest("the image data is corrupt or truncated", code="corrupt_image")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    rgb = np.empty(arr.shape[:2] + (3,), np.uint8)
+    peak = np.float32(65535.0 if arr.dtype == np.uint16 else 255.0)
+    for top in range(0, arr.shape[0], ROW_BLOCK):
+        block = arr[top:top + ROW_BLOCK].astype(np.float32) * (np.float32(255.0) / peak)
+        colour = np.repeat(block[:, :, :1], 3, axis=2) if block.shape[2] <= 2 else block[:, :, 2::-1]
+        if block.shape[2] in (2, 4):
+            alpha = block[:, :, -1:] * np.float32(1 / 255)
+            colour = colour * alpha + np.float32(255.0) * (1 - alpha)
+        rgb[top:top + ROW_BLOCK] = np.clip(colour + np.float32(0.5), 0, 255)
+    del arr
+    out = io.BytesIO()
+    kwargs = {}
+    if exif:
+        kwargs["exif"] = b"Exif\x00\x00" + exif
+    if icc:
+        kwargs["icc_profile"] = icc
+    Image.fromarray(rgb, "RGB").save(out, "JPEG", quality=quality, **kwargs)
+    return out.getvalue()

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .contract import ModelUnavailable
-from .model_store import ModelFile, ModelStore
+from .model_store import CORRUPT_REASON, ModelFile, ModelStore
 
 log = logging.getLogger("restore.models")
 
@@ -237,7 +237,9 @@ class ModelRegistry:
     def ensure_available(self, name: str) -> None:
         """ModelUnavailable (503, naming the fetch command) unless every file of ``name`` is installed."""
         if not self.available(name):
-            raise ModelUnavailable(name, self.specs[name].fetch_command, stage=self.stage)
+            missing = [f for f in self.specs[name].files if not self.store.is_available(f)]
+            reason = "; ".join(sorted({self.store.missing_reason(f) for f in missing}))
+            raise ModelUnavailable(name, self.specs[name].fetch_command, stage=self.stage, reason=reason)
 
     def load(self, name: str, **options) -> LoadedModel:
         spec = self.specs[name]
@@ -253,9 +255,10 @@ class ModelRegistry:
                     model = spec.load(spec, paths, self.device, precision, **options)
                 except ModelUnavailable:
                     raise
-                except Exception as exc:
+                except Exception:
+                    log.exception("model %s: loading %s failed", name, paths[0])  # details stay in the log
                     raise ModelUnavailable(name, spec.fetch_command, stage=self.stage,
-                                           reason=f"the cached file {paths[0]} cannot be loaded ({exc})") from None
+                                           reason=CORRUPT_REASON) from None
                 self._loaded[key] = model
                 while len(self._loaded) > self.cache_size:
                     self._loaded.popitem(last=False)

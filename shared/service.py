@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 import uuid
 from collections import OrderedDict
@@ -18,13 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from .contract import (PROCESS_TIME_HEADER, Aborted, BadRequest, ImageTooLarge, InvalidParams, Param, StageContext,
-                       StageError, error_body, params_schema, parse_params_json, validate_params)
-from .imaging import Picture, accepts_raster, decode_any, encode_for, is_grayscale, max_pixels_from_env
+from .contract import (PROCESS_TIME_HEADER, Aborted, Param, StageContext, params_schema, parse_params_json,
+                       validate_params)
+from .imaging import Picture, accepts_raster, decode_any, encode_for, is_grayscale
+from .openapi import STAGE_PROCESS_OPENAPI, install_error_handlers
+from .settings import StageSettings, cached_settings
 from .throughput import Throughput
+from .upload import read_multipart, reject_unknown_fields
 
 log = logging.getLogger("restore.service")
 
@@ -43,8 +45,8 @@ class Stage:
     run: Callable[[Picture, dict, StageContext], Picture]
     # name -> {"available": bool, "default": bool, ...}; called for /health and /info
     models: Callable[[], dict[str, dict[str, Any]]] = field(default=lambda: {})
-    # max input pixels; None means the MAX_PIXELS env var (default 2,000,000)
-    max_input_pixels: Callable[[], int] | None = None
+    # the service's validated settings (MAX_PIXELS and the rest); None: the shared StageSettings
+    settings: StageSettings | None = None
     # a stage without models is always ready; a model stage is ready when one model is usable
     needs_model: bool = False
     extra_info: Callable[[], dict[str, Any]] = field(default=lambda: {})
@@ -52,30 +54,20 @@ class Stage:
     def ready(self) -> bool:
         return not self.needs_model or any(m.get("available") for m in self.models().values())
 
+    def config(self) -> StageSettings:
+        return self.settings or cached_settings(StageSettings)
+
     def input_limit(self) -> int:
-        return self.max_input_pixels() if self.max_input_pixels else max_pixels_from_env()
-
-
-def _error_response(exc: StageError, stage: str) -> JSONResponse:
-    exc.stage = exc.stage or stage
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return self.config().input_pixel_limit()
 
 
 def create_stage_app(stage: Stage) -> FastAPI:
+    settings = stage.config()  # validated now: a bad variable stops the service before it serves
     app = FastAPI(title=f"{stage.name} stage", description=stage.description)
+    install_error_handlers(app, stage.name)
     # CPU models use every core for one request; more at once only thrashes caches and memory.
-    concurrency = asyncio.Semaphore(int(os.environ.get("STAGE_CONCURRENCY", "1")))
+    concurrency = asyncio.Semaphore(settings.stage_concurrency)
     throughput = Throughput()   # recent seconds per megapixel, for the UI's time estimates
-
-    @app.exception_handler(StageError)
-    async def stage_error_handler(_: Request, exc: StageError):
-        return _error_response(exc, stage.name)
-
-    @app.exception_handler(Exception)
-    async def unexpected_error_handler(_: Request, exc: Exception):
-        log.exception("unexpected error in stage %s", stage.name)
-        return JSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}", stage.name),
-                            status_code=500)
 
     @app.get("/health")
     async def health():
@@ -96,8 +88,9 @@ def create_stage_app(stage: Stage) -> FastAPI:
     async def progress(request_id: str):
         return requests.snapshot(request_id)
 
-    @app.post("/process")
+    @app.post("/process", openapi_extra=STAGE_PROCESS_OPENAPI, response_class=Response)
     async def process(request: Request):
+        """Run the stage on the ``image`` file with the JSON object ``params``; answers the result as PNG."""
         started = time.perf_counter()
         request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         ctx = StageContext()
@@ -105,7 +98,7 @@ def create_stage_app(stage: Stage) -> FastAPI:
         outcome = "error"
         seen: dict[str, Any] = {}    # the input's size and kind, for the throughput record
         try:
-            image_bytes, params = await read_process_form(request)
+            image_bytes, params = await read_process_form(request, settings.upload_limit())
             values = validate_params(stage.params, params)
             noted = noting_input(stage, seen)
             # PNG for anyone; the cheap raster transport only for a caller (the gateway) that asks for it.
@@ -213,30 +206,13 @@ class RequestTracker:
                 "progress": round(entry["ctx"].progress_value, 4), "outcome": entry["outcome"]}
 
 
-async def read_multipart(request: Request, max_bytes: int | None = None) -> tuple[bytes, dict[str, str]]:
-    """The multipart ``image`` file and the text fields, with 4xx errors that say what is wrong."""
-    declared = request.headers.get("content-length")
-    if max_bytes and declared and declared.isdigit() and int(declared) > max_bytes:
-        raise ImageTooLarge(f"upload of {declared} bytes exceeds the {max_bytes}-byte limit")
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise BadRequest("send multipart/form-data with an 'image' file field", code="missing_image")
-    try:
-        form = await request.form()
-    except Exception as exc:
-        raise BadRequest(f"malformed multipart body: {exc}", code="bad_multipart") from None
-    upload = form.get("image")
-    if upload is None or isinstance(upload, str):
-        raise InvalidParams("the 'image' file field is missing", field="image", status=400, code="missing_image")
-    fields = {}
-    for key, value in form.items():
-        if key != "image":
-            fields[key] = value if isinstance(value, str) else (await value.read()).decode("utf-8", "replace")
-    return await upload.read(), fields
+PROCESS_FIELDS = frozenset({"params"})
 
 
-async def read_process_form(request: Request) -> tuple[bytes, dict]:
-    """``/process`` input: the image and its JSON ``params`` object."""
-    data, fields = await read_multipart(request)
+async def read_process_form(request: Request, max_bytes: int) -> tuple[bytes, dict]:
+    """``/process`` input: the image and its JSON ``params`` object (the body limit applies while reading)."""
+    data, fields = await read_multipart(request, max_bytes)
+    reject_unknown_fields(fields, PROCESS_FIELDS)
     return data, parse_params_json(fields.get("params"))
 
 
@@ -245,6 +221,6 @@ def run_service(module_app: str, stage_name: str) -> None:
     import uvicorn
 
     from .contract import DEFAULT_PORTS
-    port = int(os.environ.get("PORT", DEFAULT_PORTS[stage_name]))
-    uvicorn.run(module_app, host=os.environ.get("HOST", "127.0.0.1"), port=port,
-                log_level=os.environ.get("LOG_LEVEL", "info"))
+    settings = cached_settings(StageSettings)
+    uvicorn.run(module_app, host=settings.host, port=settings.port or DEFAULT_PORTS[stage_name],
+                log_level=settings.log_level)

@@ -23,6 +23,7 @@ from shared.contract import ImageTooLarge, ModelUnavailable, StageContext, valid
 from shared.imaging import Picture, decode_image
 from shared.model_store import ModelStore
 from shared.torch_weights import read_state_dict
+from shared.settings import cached_settings
 from tests.helpers import decode_rgb, png_of
 
 PROVISIONED = ("RealESRGAN_x4plus", "RealESRGAN_x4plus_anime_6B", "realesr-animevideov3")
@@ -292,9 +293,13 @@ def test_exact_scale_enhance_alpha_16bit_gray(provisioned, shared_images):
 def test_output_limit_and_missing_models(provisioned, tmp_path, monkeypatch):
     pic = Picture(rgb=np.zeros((100, 100, 3), np.float32))
     monkeypatch.setenv("UPSCALE_MAX_OUTPUT_PIXELS", "100000")
-    with pytest.raises(ImageTooLarge, match="UPSCALE_MAX_OUTPUT_PIXELS"):
-        run_stage(pic, provisioned, model="realesr-animevideov3", scale=4)
-    monkeypatch.delenv("UPSCALE_MAX_OUTPUT_PIXELS")
+    cached_settings.cache_clear()  # settings are read once per process; this test changes them
+    try:
+        with pytest.raises(ImageTooLarge, match="UPSCALE_MAX_OUTPUT_PIXELS"):
+            run_stage(pic, provisioned, model="realesr-animevideov3", scale=4)
+    finally:
+        monkeypatch.delenv("UPSCALE_MAX_OUTPUT_PIXELS")
+        cached_settings.cache_clear()
     empty = ModelStore(tmp_path)
     assert default_model(empty) is None
     with pytest.raises(ModelUnavailable, match="services.upscale.fetch"):

@@ -1,11 +1,15 @@
 """Deblur service: MAXIM-3S (GoPro) or DeblurGAN-v2 (FPN-MobileNet / FPN-Inception), tiled."""
 from shared.service import Stage, create_stage_app, run_service
+from shared.settings import cached_settings
 
 from .models import DeblurModels
 from .stage import PARAMS, make_deblur
+from .settings import DeblurSettings
 
+# validated before anything else: a bad variable stops the service with a message naming it
+SETTINGS = cached_settings(DeblurSettings)
 MODELS = DeblurModels()
-STAGE = Stage(name="deblur",
+STAGE = Stage(settings=SETTINGS, name="deblur",
               description="Motion / defocus deblurring with MAXIM-3S (GoPro) or DeblurGAN-v2, tiled",
               params=PARAMS, run=make_deblur(MODELS), models=MODELS.status, needs_model=True)
 app = create_stage_app(STAGE)

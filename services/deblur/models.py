@@ -27,6 +27,7 @@ from shared.model_layer import LoadedModel, ModelRegistry, ModelSpec, SizeRequir
 from shared.model_store import ModelFile, ModelStore, sha256_of
 from shared.torch_weights import load_strict, read_state_dict
 
+
 log = logging.getLogger("restore.deblur")
 
 STAGE = "deblur"

@@ -7,16 +7,17 @@ picture stays grayscale.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from shared.contract import ModelUnavailable, Param, StageContext
 from shared.imaging import Picture, is_grayscale
 from shared.tiling import process_tiled
+from shared.settings import cached_settings
 
 from .blur_auto import decide
 from .models import INCEPTION, MAXIM, MOBILENET, MODEL_FILES, SPECS, DeblurModels
+from .settings import DeblurSettings
 
 # tile geometry per model, from the specs (bench/deblur.py reads it too); MAXIM plans its own windows
 TILING = {spec.name: spec.tiling.as_dict() for spec in SPECS if spec.name != MAXIM}
@@ -38,11 +39,12 @@ def tiling_for(name: str, height: int | None = None, width: int | None = None) -
     An image that fits in one network run of the size interior tiles get (tile + 2 x context) is processed
     whole: cutting a 340-px image into four 320-px tiles would cost four 384-px runs instead of one."""
     settings = dict(TILING[name])
-    if os.environ.get("DEBLUR_TILE"):
-        settings["tile"] = int(os.environ["DEBLUR_TILE"])
+    configured = cached_settings(DeblurSettings)
+    if configured.deblur_tile:
+        settings["tile"] = configured.deblur_tile
         settings["overlap"] = min(settings["overlap"], settings["tile"] // 4)
-    if os.environ.get("DEBLUR_TILE_CONTEXT"):
-        settings["context"] = int(os.environ["DEBLUR_TILE_CONTEXT"])
+    if configured.deblur_tile_context is not None:
+        settings["context"] = configured.deblur_tile_context
     run_size = settings["tile"] + 2 * settings["context"]
     if height is not None and width is not None and max(height, width) <= run_size:
         settings["tile"] = run_size

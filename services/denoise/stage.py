@@ -21,7 +21,6 @@ Large images are processed in tiles (shared.tiling) with the sigma estimated onc
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -30,6 +29,8 @@ import numpy as np
 from shared.contract import Param, StageContext
 from shared.imaging import Picture, is_grayscale
 from shared.tiling import process_tiled
+from shared.settings import cached_settings
+from .settings import DenoiseSettings
 
 PARAMS = (
     Param("strength", "float", 1.0, "multiplier on the estimated noise level; 0 = off, <1 softer, >1 stronger",
@@ -48,7 +49,7 @@ MIN_SIGMA = 0.5          # below this (8-bit levels) a plane is treated as clean
 # block grid spacing for Y, U, V per quality: chroma is smooth, a coarser grid loses nothing there
 PLANE_STEPS = {"standard": (2, 2, 2), "high": (1, 2, 2)}
 # worker threads per plane (env DENOISE_THREADS; default: the CPU cores, at most 4)
-THREADS = int(os.environ.get("DENOISE_THREADS", min(4, os.cpu_count() or 1)))
+THREADS = cached_settings(DenoiseSettings).denoise_threads
 TILE = 512               # tile side for large images (bounded memory); the two passes reach 14 px
 TILE_OVERLAP = 16
 TILE_CONTEXT = 16

@@ -41,5 +41,32 @@ def apply_finish(rgb: np.ndarray, params: dict) -> np.ndarray:
     return rgb
 
 
+STRIP_ROWS = 256  # rows computed at a time: temporaries stay a few strips in size whatever the image
+
+
+def kernel_reach(sigma: float) -> int:
+    """Rows a Gaussian of ``sigma`` reads on each side (OpenCV's float kernel spans about 4 sigma)."""
+    return int(np.ceil(4 * sigma)) + 1 if sigma > 0 else 0
+
+
+def apply_finish_in_strips(rgb: np.ndarray, params: dict, strip_rows: int = STRIP_ROWS) -> np.ndarray:
+    """``apply_finish`` strip by strip into one output array: each strip is computed with enough rows of
+    context on both sides (the blur's and the sharpening's reach) that its result equals the whole-image one,
+    while the temporaries (blurred copy, detail, magnitude) are a strip's size, not the image's."""
+    reach = kernel_reach(params["blur_sigma"]) + (kernel_reach(params["sharpen_radius"])
+                                                  if params["sharpen_amount"] > 0 else 0)
+    height = rgb.shape[0]
+    if height <= strip_rows + 2 * reach:
+        return apply_finish(rgb, params).astype(np.float32, copy=False)
+    out = np.empty_like(rgb, dtype=np.float32)
+    for top in range(0, height, strip_rows):
+        bottom = min(height, top + strip_rows)
+        lo, hi = max(0, top - reach), min(height, bottom + reach)
+        # only the image's own top and bottom are reflected; inner strip edges read real rows
+        finished = apply_finish(np.ascontiguousarray(rgb[lo:hi]), params)
+        out[top:bottom] = finished[top - lo:bottom - lo]
+    return out
+
+
 def postprocess(picture: Picture, params: dict, ctx: StageContext) -> Picture:
-    return picture.replace(rgb=apply_finish(picture.rgb, params).astype(np.float32, copy=False))
+    return picture.replace(rgb=apply_finish_in_strips(picture.rgb, params))

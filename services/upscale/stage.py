@@ -14,7 +14,6 @@ grey input gives grey output.
 """
 from __future__ import annotations
 
-import os
 
 import cv2
 import numpy as np
@@ -23,8 +22,10 @@ from shared.contract import ImageTooLarge, Param, StageContext
 from shared.imaging import Picture, is_grayscale
 from shared.model_store import ModelStore
 from shared.tiling import process_tiled
+from shared.settings import cached_settings
 
 from .models import MODELS, STAGE, UpscaleModels
+from .settings import UpscaleSettings
 
 MAX_OUTPUT_ENV = "UPSCALE_MAX_OUTPUT_PIXELS"
 DEFAULT_MAX_OUTPUT = 32_000_000
@@ -48,7 +49,7 @@ REGISTRY = UpscaleModels()
 
 
 def max_output_pixels() -> int:
-    return int(os.environ.get(MAX_OUTPUT_ENV, DEFAULT_MAX_OUTPUT))
+    return cached_settings(UpscaleSettings).upscale_max_output_pixels
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
