@@ -47,7 +47,7 @@ LINE_LOW = 0.5            # line pixels: response above this share of the bar
 LINE_CONTRAST = 35.0      # 8-bit levels
 LINE_TEXTURE_FACTOR = 3.0
 LINE_LEVEL_BLOCK = 32
-ISOTROPIC_SHARE = 0.5     # share of the weakest direction's opening taken off the line response
+ISOTROPIC_SHARE = 0.3     # share of the weakest direction's opening taken off the line response
 FOOTPRINT_FACTOR = 0.35   # a line's pixels: their top-hat above this share of the local line response
 MIN_LINE_LENGTH = 50      # px
 MAX_LINE_WIDTH = 12.0     # px: mean width (area / length) of the thickened response; wider parts are cut
@@ -55,7 +55,7 @@ SCORE_BAR = 2.0           # mean strength x sqrt(length / MIN_LINE_LENGTH) a lin
 WIDE_HALF_WIDTH = 6.0     # px: thicker than any thickened defect, so a merge with texture or an object: cut
 MAX_DUST_AREA = 110       # px
 MAX_DUST_SIDE = 13        # px
-RING_CONTRAST = 20.0      # 8-bit levels: a defect's mean tone against the ring around it, on a smooth surface
+RING_CONTRAST = 30.0      # 8-bit levels: a defect's mean tone against the ring around it, on a smooth surface
 RING_FACTOR = 5.0         # ... plus this many times the ring's own standard deviation
 
 
