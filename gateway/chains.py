@@ -9,7 +9,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from starlette.concurrency import run_in_threadpool
+
 from shared.contract import InvalidParams, StageError, parse_json_field, validate_against_schema
+from shared.imaging import PNG_MEDIA_TYPE, RASTER_MAGIC, RASTER_MEDIA_TYPE, decode_any, encode_png
 
 from .client import StageClient
 
@@ -23,14 +26,18 @@ STEPS: dict[str, tuple[str, dict[str, Any]]] = {
     "post-denoise": ("postprocess", {"sharpen_amount": 0.0}),
     "sharpen": ("postprocess", {"blur_sigma": 0.0}),
     "postprocess": ("postprocess", {}),
+    "tone": ("tone", {}),
 }
-# damage is repaired first: denoising would soften scratches and dust into the texture around them
-SIMPLE_CHAIN = ("repair", "denoise", "deblur", "colorize", "upscale", "post-denoise", "sharpen")
+# damage is repaired first: denoising would soften scratches and dust into the texture around them; tone
+# after denoise (bench/tone.py: levels measured on a denoised scan land closer to the original) and before
+# colorize (the colorizer sees the full tonal range of a faded black-and-white print)
+SIMPLE_CHAIN = ("repair", "denoise", "deblur", "tone", "colorize", "upscale", "post-denoise", "sharpen")
 COLORIZE_CHOICES = ("auto", "on", "off")
 REPAIR_CHOICES = ("auto", "on", "off")
+TONE_CHOICES = ("auto", "off")
 MAX_ADVANCED_STEPS = 16
 # Response headers of a stage that the gateway passes on (the stage's own report of what it decided).
-FORWARDED_HEADER_PREFIXES = ("x-colorize", "x-noise", "x-upscale", "x-deblur", "x-model", "x-repair")
+FORWARDED_HEADER_PREFIXES = ("x-colorize", "x-noise", "x-upscale", "x-deblur", "x-model", "x-tone", "x-repair")
 
 
 @dataclass
@@ -78,11 +85,13 @@ def parse_upscale(value: str) -> dict[str, Any] | None:
     return {"scale": factor}
 
 
-def simple_chain(colorize: str, upscale: str, repair: str = "auto") -> list[Step]:
+def simple_chain(colorize: str, upscale: str, repair: str = "auto", tone: str = "auto") -> list[Step]:
     if colorize not in COLORIZE_CHOICES:
         raise InvalidParams(f"'colorize' must be one of {list(COLORIZE_CHOICES)}", field="colorize")
     if repair not in REPAIR_CHOICES:
         raise InvalidParams(f"'repair' must be one of {list(REPAIR_CHOICES)}", field="repair")
+    if tone not in TONE_CHOICES:
+        raise InvalidParams(f"'tone' must be one of {list(TONE_CHOICES)}", field="tone")
     upscale_params = parse_upscale(upscale)
     steps = []
     for name in SIMPLE_CHAIN:
@@ -96,6 +105,10 @@ def simple_chain(colorize: str, upscale: str, repair: str = "auto") -> list[Step
             if colorize == "off":
                 continue
             params["mode"] = "auto" if colorize == "auto" else "force"
+        if name == "tone":
+            if tone == "off":
+                continue
+            params["mode"] = "auto"
         if name == "upscale":
             if upscale_params is None:
                 continue
@@ -154,22 +167,38 @@ async def build_advanced_steps(client: StageClient, chain: list[tuple[str, dict]
 
 
 ProgressHook = Callable[[str, int, int], Awaitable[None]]
+StepDoneHook = Callable[[int, ChainOutcome], Awaitable[None]]
 
 
 async def run_chain(client: StageClient, image: bytes, steps: list[Step],
-                    on_step_start: ProgressHook | None = None, outcome: ChainOutcome | None = None) -> ChainOutcome:
-    """Run ``steps`` in order; ``outcome`` (filled as the chain goes) lets a caller watch progress live."""
+                    on_step_start: ProgressHook | None = None, outcome: ChainOutcome | None = None, *,
+                    start: int = 0, on_step_done: StepDoneHook | None = None,
+                    request_id_prefix: str | None = None) -> ChainOutcome:
+    """Run ``steps[start:]`` in order on ``image``.
+
+    ``outcome`` (filled as the chain goes) lets a caller watch progress live; ``on_step_done`` lets a durable
+    job save a checkpoint after each step, and ``start`` resumes from one. Each stage call carries the request
+    id ``<request_id_prefix>.<step index>`` so its progress can be asked for.
+    """
     outcome = outcome if outcome is not None else ChainOutcome(image=None)
-    current = image
-    for index, step in enumerate(steps):
+    current, current_type = image, PNG_MEDIA_TYPE
+    if start and bytes(image[:len(RASTER_MAGIC)]) == RASTER_MAGIC:  # resumed from a saved intermediate image
+        current_type = RASTER_MEDIA_TYPE
+    for index in range(start, len(steps)):
+        step = steps[index]
         if on_step_start is not None:
             await on_step_start(step.name, index, len(steps))
         started = time.perf_counter()
+        request_id = f"{request_id_prefix}.{index}" if request_id_prefix else None
         try:
-            result = await client.process(step.service, current, step.params)
+            # Between stages the raster transport; the last stage answers the PNG the user gets.
+            result = await client.process(step.service, current, step.params, request_id=request_id,
+                                          media_type=current_type, final=index == len(steps) - 1)
         except StageError as exc:
             if exc.status == 503 and exc.code == "model_unavailable" and step.skip_if_unavailable:
                 outcome.skipped.append((step.name, exc.message))
+                if on_step_done is not None:
+                    await on_step_done(index, outcome)
                 continue
             exc.stage = step.name
             raise
@@ -177,6 +206,10 @@ async def run_chain(client: StageClient, image: bytes, steps: list[Step],
         for key, value in result.headers.items():
             if key.lower().startswith(FORWARDED_HEADER_PREFIXES):
                 outcome.forwarded_headers[key] = value
-        current = result.image
+        current, current_type = result.image, result.media_type
         outcome.image = current
+        if on_step_done is not None:
+            await on_step_done(index, outcome)
+    if outcome.image is not None and current_type != PNG_MEDIA_TYPE:  # the last step(s) were skipped
+        outcome.image = await run_in_threadpool(lambda: encode_png(decode_any(current, max_pixels=1 << 40)))
     return outcome

@@ -1,47 +1,19 @@
-"""Asynchronous jobs: a bounded queue of chains run by a few workers, with per-stage progress and cancel."""
+"""Asynchronous jobs, API side: enqueue, read status and results, cancel. Chains run in gateway/worker.py.
+
+Everything here goes through the JobStore (Redis or SQLite), so any number of API processes see the same
+jobs, and an API process can die or restart without losing one.
+"""
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
+from shared.contract import StageError
 
-from shared.contract import StageError, error_body
-from shared.imaging import decode_image, encode_png
-
-from .chains import ChainOutcome, Step, run_chain
-from .client import StageClient
-
-ACTIVE_STATES = ("queued", "running")
-
-
-@dataclass
-class Job:
-    id: str
-    mode: str
-    steps: list[Step]
-    image: bytes
-    state: str = "queued"
-    stage: str | None = None
-    created: float = field(default_factory=time.time)
-    finished: float | None = None
-    outcome: ChainOutcome | None = None
-    error: dict | None = None
-    task: asyncio.Task | None = None
-
-    def status(self) -> dict[str, Any]:
-        outcome = self.outcome or ChainOutcome(image=None)
-        return {
-            "id": self.id, "mode": self.mode, "state": self.state, "stage": self.stage,
-            "stages": [s.name for s in self.steps],
-            "stages_done": [{"stage": t.name, "ms": round(t.gateway_ms, 1)} for t in outcome.timings],
-            "skipped": [{"stage": n, "reason": r} for n, r in outcome.skipped],
-            "progress": (len(outcome.timings) + len(outcome.skipped)) / max(1, len(self.steps)),
-            "error": self.error, "created": self.created, "finished": self.finished,
-        }
+from .chains import ChainOutcome, Step, StepTiming
+from .jobs_store import ACTIVE_STATES, FINAL_STATES, JobSettings, JobStore
 
 
 class JobQueueFull(StageError):
@@ -49,92 +21,103 @@ class JobQueueFull(StageError):
     code = "queue_full"
 
 
-class JobManager:
-    def __init__(self, client: StageClient, *, max_queued: int, workers: int, result_ttl: float):
-        self.client = client
-        self.max_queued = max_queued
-        self.worker_count = workers
-        self.result_ttl = result_ttl
-        self.jobs: dict[str, Job] = {}
-        self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=max_queued)
-        self.workers: list[asyncio.Task] = []
+def new_record(mode: str, steps: list[Step]) -> dict[str, Any]:
+    now = time.time()
+    return {"id": secrets.token_urlsafe(18), "mode": mode, "steps": [asdict(s) for s in steps],
+            "state": "queued", "stage": None, "next_step": 0, "has_output": False,
+            "timings": [], "skipped": [], "forwarded_headers": {}, "error": None,
+            "created": now, "queued_at": now, "started": None, "finished": None,
+            "attempt": 1, "lost": 0, "result_location": None}
 
-    def start(self) -> None:
-        self.workers = [asyncio.create_task(self._worker()) for _ in range(self.worker_count)]
 
-    async def stop(self) -> None:
-        for worker in self.workers:
-            worker.cancel()
-        for job in self.jobs.values():
-            if job.task is not None:
-                job.task.cancel()
+def outcome_of(record: dict, image: bytes | None = None) -> ChainOutcome:
+    return ChainOutcome(image=image, timings=[StepTiming(**t) for t in record["timings"]],
+                        skipped=[tuple(s) for s in record["skipped"]],
+                        forwarded_headers=dict(record["forwarded_headers"]))
 
-    def submit(self, mode: str, steps: list[Step], image: bytes) -> Job:
-        self.expire()
-        job = Job(id=secrets.token_urlsafe(18), mode=mode, steps=steps, image=image)
-        try:
-            self.queue.put_nowait(job)
-        except asyncio.QueueFull:
-            raise JobQueueFull(f"the job queue is full ({self.max_queued} waiting); retry later",
-                               headers={"Retry-After": "10"}) from None
-        self.jobs[job.id] = job
-        return job
 
-    def get(self, job_id: str) -> Job:
-        self.expire()
-        job = self.jobs.get(job_id)
-        if job is None:
+def effective_state(record: dict, cancelled_at: float | None) -> tuple[str, float | None]:
+    """A DELETE counts at once, before the worker has noticed it."""
+    if cancelled_at is not None and record["state"] in ACTIVE_STATES:
+        return "cancelled", cancelled_at
+    return record["state"], record["finished"]
+
+
+def status_of(record: dict, cancelled_at: float | None, heartbeat: dict | None) -> dict[str, Any]:
+    state, finished = effective_state(record, cancelled_at)
+    stage_progress = None
+    if state == "running" and heartbeat and heartbeat.get("attempt") == record["attempt"]:
+        stage_progress = heartbeat.get("stage_progress")
+    steps = record["steps"]
+    return {
+        "id": record["id"], "mode": record["mode"], "state": state,
+        "stage": record["stage"] if state in ("running", "failed") else None,
+        "stages": [s["name"] for s in steps],
+        "stages_done": [{"stage": t["name"], "ms": round(t["gateway_ms"], 1)} for t in record["timings"]],
+        "skipped": [{"stage": n, "reason": r} for n, r in record["skipped"]],
+        "progress": (len(record["timings"]) + len(record["skipped"])) / max(1, len(steps)),
+        "stage_progress": stage_progress,  # the running stage's own report, 0..1; null when it gives none
+        "error": record["error"], "created": record["created"], "finished": finished,
+        "attempt": record["attempt"],
+    }
+
+
+class Jobs:
+    """What the API process does with jobs. Methods block on the store: call them from a thread."""
+
+    def __init__(self, settings: JobSettings):
+        self.settings = settings
+        self.store = JobStore(settings)
+
+    def live_queued(self) -> int:
+        """Messages in the queue that a worker will still run (cancelled and superseded ones do not count)."""
+        pending = self.store.pending()
+        ids = [job_id for job_id, _ in pending]
+        records = self.store.records_of(ids)
+        cancelled = self.store.cancelled_among(ids)
+        return sum(1 for job_id, attempt in pending
+                   if job_id not in cancelled and (r := records.get(job_id)) is not None
+                   and r["state"] == "queued" and r["attempt"] == attempt)
+
+    def submit(self, mode: str, steps: list[Step], image: bytes) -> dict:
+        # The fast path reads one counter; the exact count is taken only near the limit.
+        if self.store.queue_size() >= self.settings.max_queued and self.live_queued() >= self.settings.max_queued:
+            raise JobQueueFull(f"the job queue is full ({self.settings.max_queued} waiting); retry later",
+                               headers={"Retry-After": "10"})
+        record = new_record(mode, steps)
+        self.store.put_image(record["id"], image)
+        self.store.put_record(record)
+        self.store.enqueue(record["id"], record["attempt"])
+        return status_of(record, None, None)
+
+    def record(self, job_id: str) -> dict:
+        record = self.store.record(job_id)
+        if record is not None:
+            _, finished = effective_state(record, self.store.cancel_time(job_id))
+            if finished is not None and time.time() - finished > self.settings.result_ttl:
+                record = None  # expired; a worker's reaper deletes it
+        if record is None:
             raise StageError(f"no job '{job_id}' (unknown, or its result expired)", code="job_not_found",
                              status=404)
-        return job
+        return record
 
-    def cancel(self, job_id: str) -> Job:
-        job = self.get(job_id)
-        if job.state in ACTIVE_STATES:
-            job.state, job.finished, job.image = "cancelled", time.time(), b""
-            if job.task is not None:
-                job.task.cancel()
-        return job
+    def status(self, job_id: str) -> dict:
+        record = self.record(job_id)
+        return status_of(record, self.store.cancel_time(job_id), self.store.heartbeat(job_id))
 
-    def expire(self) -> None:
-        now = time.time()
-        for job_id in [j.id for j in self.jobs.values()
-                       if j.finished is not None and now - j.finished > self.result_ttl]:
-            del self.jobs[job_id]
+    def cancel(self, job_id: str) -> dict:
+        record = self.record(job_id)
+        if record["state"] not in FINAL_STATES:
+            self.store.request_cancel(job_id)
+        return self.status(job_id)
 
-    async def _worker(self) -> None:
-        while True:
-            job = await self.queue.get()
-            try:
-                if job.state == "queued":
-                    await self._run(job)
-            finally:
-                self.queue.task_done()
-
-    async def _run(self, job: Job) -> None:
-        job.state = "running"
-        job.outcome = ChainOutcome(image=None)
-
-        async def on_step_start(name: str, index: int, total: int) -> None:
-            job.stage = name
-
-        # The chain runs in its own task so that DELETE can cancel it without stopping the worker.
-        job.task = asyncio.create_task(run_chain(self.client, job.image, job.steps, on_step_start, job.outcome))
-        try:
-            await job.task
-            if job.outcome.image is None:  # every stage skipped: the result is the upload as PNG
-                upload = job.image
-                job.outcome.image = await run_in_threadpool(lambda: encode_png(decode_image(upload, 1 << 40)))
-            job.state = "done"
-        except asyncio.CancelledError:
-            if job.state != "cancelled":  # the worker itself is being stopped
-                raise
-        except StageError as exc:
-            job.state, job.error = "failed", exc.body()["error"]
-        except Exception as exc:  # a bug must still leave the job in a final state
-            job.state, job.error = "failed", error_body("internal_error", str(exc))["error"]
-        finally:
-            if job.state != "failed":
-                job.stage = None
-            job.finished = job.finished or time.time()
-            job.image = b""  # the upload is no longer needed; the result stays until it expires
+    def result(self, job_id: str) -> tuple[bytes, ChainOutcome]:
+        record = self.record(job_id)
+        state, _ = effective_state(record, self.store.cancel_time(job_id))
+        if state != "done":
+            raise StageError(f"job '{job_id}' is {state}; no result", code="job_not_done", status=409,
+                             details={"state": state})
+        image = self.store.result(job_id, record["result_location"])
+        if image is None:
+            raise StageError(f"the result of job '{job_id}' is gone (expired)", code="job_not_found", status=404)
+        return image, outcome_of(record)

@@ -16,6 +16,12 @@ def _int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+def _transport(value: str) -> str:
+    if value not in ("raster", "png"):
+        raise ValueError(f"STAGE_TRANSPORT must be raster or png, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     service_urls: dict[str, str]
@@ -25,10 +31,11 @@ class Settings:
     retry_max_wait: float
     max_pixels: int
     finish_max_pixels: int
-    jobs_max_queued: int
-    jobs_workers: int
-    jobs_result_ttl: float
     info_cache_ttl: float = 30.0
+    # How often a stage host name listing several replicas is resolved again (gateway/balancer.py).
+    resolve_interval: float = 10.0
+    # "raster": the cheap lossless raster transport between stages; "png": PNG on every hop (as before)
+    stage_transport: str = "raster"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -44,7 +51,6 @@ class Settings:
                    retry_max_wait=_float("STAGE_RETRY_MAX_WAIT_S", 2),
                    max_pixels=max_pixels,
                    finish_max_pixels=_int("FINISH_MAX_PIXELS", max_pixels * 16),
-                   jobs_max_queued=_int("JOBS_MAX_QUEUED", 8),
-                   jobs_workers=_int("JOBS_WORKERS", 1),
-                   jobs_result_ttl=_float("JOBS_RESULT_TTL_S", 3600),
-                   info_cache_ttl=_float("STAGE_INFO_CACHE_S", 30))
+                   info_cache_ttl=_float("STAGE_INFO_CACHE_S", 30),
+                   resolve_interval=_float("STAGE_RESOLVE_INTERVAL_S", 10),
+                   stage_transport=_transport(os.environ.get("STAGE_TRANSPORT", "raster")))

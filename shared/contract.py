@@ -11,9 +11,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-STAGE_NAMES = ("denoise", "deblur", "colorize", "upscale", "postprocess", "repair")
+STAGE_NAMES = ("denoise", "deblur", "colorize", "upscale", "postprocess", "repair", "tone")
 DEFAULT_PORTS = {"gateway": 8000, "denoise": 8101, "deblur": 8102, "colorize": 8103, "upscale": 8104,
-                 "postprocess": 8105, "repair": 8106, "ui": 8501}
+                 "postprocess": 8105, "repair": 8106, "tone": 8107, "ui": 8501}
 PROCESS_TIME_HEADER = "X-Process-Time-Ms"
 
 

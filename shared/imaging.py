@@ -2,6 +2,10 @@
 
 Pixels travel inside the process as float32 RGB in [0, 1] plus an optional float32 alpha plane, so each
 stage sees one representation whatever the file held (grayscale, palette, 16-bit, CMYK, alpha).
+
+Between the gateway and the stages a second lossless format travels when asked for with ``Accept``: the
+raster transport (``RASTER_MEDIA_TYPE``), the same integers a PNG would hold, uncompressed, behind a small
+header, so a hop costs a copy instead of a PNG encode and decode. Users only ever get PNG or JPEG.
 """
 from __future__ import annotations
 
@@ -179,9 +183,11 @@ def is_grayscale(rgb: np.ndarray, tolerance: float = 1 / 255) -> bool:
     return True
 
 
-def to_integer(arr: np.ndarray, bit_depth: int) -> np.ndarray:
+def to_integer(arr: np.ndarray, bit_depth: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Round [0, 1] floats to 8- or 16-bit integers, into ``out`` (any view of the right shape) if given."""
     peak = np.float32(65535.0 if bit_depth == 16 else 255.0)
-    out = np.empty(arr.shape, dtype=np.uint16 if bit_depth == 16 else np.uint8)
+    if out is None:
+        out = np.empty(arr.shape, dtype=np.uint16 if bit_depth == 16 else np.uint8)
     for top in range(0, arr.shape[0], ROW_BLOCK):
         block = np.multiply(arr[top:top + ROW_BLOCK], peak, dtype=np.float32)
         np.clip(block, 0, peak, out=block)
@@ -192,7 +198,8 @@ def to_integer(arr: np.ndarray, bit_depth: int) -> np.ndarray:
 
 def encode_png(picture: Picture, compression: int = 1) -> bytes:
     """Lossless PNG with the picture's precision, alpha, EXIF and ICC profile."""
-    gray = is_grayscale(picture.rgb, tolerance=0.0)
+    # OpenCV writes no grey + alpha PNG (2 channels), so such a picture is stored as RGBA.
+    gray = picture.alpha is None and is_grayscale(picture.rgb, tolerance=0.0)
     colour = picture.rgb[:, :, :1] if gray else picture.rgb[:, :, ::-1]  # OpenCV writes BGR
     arr = to_integer(colour, picture.bit_depth)
     if picture.alpha is not None:
@@ -234,3 +241,97 @@ def encode_jpeg(picture: Picture, quality: int = 92) -> bytes:
         kwargs["icc_profile"] = picture.icc_profile
     im.save(out, "JPEG", quality=quality, **kwargs)
     return out.getvalue()
+
+
+# ---------------------------------------------------------------- raster transport (gateway <-> stages)
+
+RASTER_MEDIA_TYPE = "application/x-restore-raster"
+PNG_MEDIA_TYPE = "image/png"
+RASTER_MAGIC = b"RRASTER1"
+_RASTER_FIXED = struct.Struct("<8sIIBBII")  # magic, width, height, channels, bit depth, EXIF and ICC lengths
+_CHANNEL_LAYOUTS = {1: (True, False), 2: (True, True), 3: (False, False), 4: (False, True)}  # -> (gray, alpha)
+
+
+def accepts_raster(accept_header: str | None) -> bool:
+    """Whether a request's ``Accept`` header asks for the raster transport (stages answer PNG otherwise)."""
+    for item in (accept_header or "").split(","):
+        media, *options = [part.strip().lower() for part in item.split(";")]
+        if media == RASTER_MEDIA_TYPE:
+            quality = next((o[2:] for o in options if o.startswith("q=")), "1")
+            try:
+                return float(quality) > 0
+            except ValueError:
+                return False
+    return False
+
+
+def encode_transport(picture: Picture) -> tuple[bytearray, str]:
+    """The picture in the raster transport: a fixed header, EXIF, ICC, then the pixel integers row-major.
+
+    Holds exactly what ``encode_png`` would store (same rounding, grey as one channel, alpha, 16 bits,
+    EXIF, ICC), so a picture that crosses a hop this way decodes to the same arrays as through PNG. The
+    integers are written straight into the returned buffer: no intermediate copies."""
+    gray = is_grayscale(picture.rgb, tolerance=0.0)
+    colour_channels = 1 if gray else 3
+    channels = colour_channels + (picture.alpha is not None)
+    itemsize = 2 if picture.bit_depth == 16 else 1
+    exif, icc = picture.exif or b"", picture.icc_profile or b""
+    header = _RASTER_FIXED.pack(RASTER_MAGIC, picture.width, picture.height, channels,
+                                16 if itemsize == 2 else 8, len(exif), len(icc))
+    offset = len(header) + len(exif) + len(icc)
+    buf = bytearray(offset + picture.pixels * channels * itemsize)
+    buf[:offset] = header + exif + icc
+    pixels = np.frombuffer(buf, dtype="<u2" if itemsize == 2 else np.uint8, offset=offset)
+    pixels = pixels.reshape(picture.height, picture.width, channels)
+    to_integer(picture.rgb[:, :, :1] if gray else picture.rgb, picture.bit_depth, out=pixels[:, :, :colour_channels])
+    if picture.alpha is not None:
+        to_integer(picture.alpha, picture.bit_depth, out=pixels[:, :, colour_channels])
+    return buf, RASTER_MEDIA_TYPE
+
+
+def encode_for(picture: Picture, raster: bool) -> tuple[bytes | bytearray, str]:
+    """The raster transport when the receiver asked for it, else lossless PNG."""
+    return encode_transport(picture) if raster else (encode_png(picture), PNG_MEDIA_TYPE)
+
+
+def decode_transport(data: bytes | bytearray | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+    """Inverse of ``encode_transport``; sizes are checked against the header before any pixel is read."""
+    if len(data) < _RASTER_FIXED.size:
+        raise BadRequest("the raster image is truncated (no complete header)", code="corrupt_image")
+    magic, width, height, channels, bit_depth, exif_len, icc_len = _RASTER_FIXED.unpack_from(data)
+    if magic != RASTER_MAGIC:
+        raise UnsupportedImage("the upload is not a raster-transport image")
+    if channels not in _CHANNEL_LAYOUTS or bit_depth not in (8, 16) or width == 0 or height == 0:
+        raise BadRequest(f"the raster header is invalid ({width}x{height}, {channels} channels, "
+                         f"{bit_depth} bits)", code="corrupt_image")
+    check_pixel_limit(width, height, max_pixels)
+    offset = _RASTER_FIXED.size + exif_len + icc_len
+    expected = offset + width * height * channels * (bit_depth // 8)
+    if len(data) != expected:
+        raise BadRequest(f"the raster image holds {len(data)} bytes; its header announces {expected}",
+                         code="corrupt_image")
+    view = memoryview(data)
+    exif = bytes(view[_RASTER_FIXED.size:_RASTER_FIXED.size + exif_len]) or None
+    icc = bytes(view[_RASTER_FIXED.size + exif_len:offset]) or None
+    pixels = np.frombuffer(data, dtype="<u2" if bit_depth == 16 else np.uint8, offset=offset)
+    pixels = pixels.reshape(height, width, channels)
+    gray, has_alpha = _CHANNEL_LAYOUTS[channels]
+    # The same float conversion as the PNG decoders, so both paths give identical arrays.
+    if bit_depth == 16:
+        arr = pixels.astype(np.float32) / 65535.0
+    else:
+        arr = pixels.astype(np.float32)
+        arr *= np.float32(1 / 255)
+    colour_channels = 1 if gray else 3
+    rgb = np.repeat(arr[:, :, :1], 3, axis=2) if gray else np.ascontiguousarray(arr[:, :, :3])
+    alpha = np.ascontiguousarray(arr[:, :, colour_channels]) if has_alpha else None
+    return Picture(rgb=rgb, alpha=alpha, bit_depth=bit_depth, exif=exif, icc_profile=icc)
+
+
+def decode_any(data: bytes | bytearray | memoryview, media_type: str | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+    """A JPEG/PNG upload or a raster-transport image, recognised by its first bytes (``media_type`` as
+    declared by the sender is only a hint: the bytes decide, so a mislabelled part still decodes right)."""
+    if bytes(data[:len(RASTER_MAGIC)]) == RASTER_MAGIC:
+        return decode_transport(data, max_pixels)
+    return decode_image(bytes(data) if not isinstance(data, bytes) else data, max_pixels)

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .contract import (PROCESS_TIME_HEADER, Aborted, BadRequest, ImageTooLarge, InvalidParams, Param, StageContext,
                        StageError, error_body, params_schema, parse_params_json, validate_params)
-from .imaging import Picture, decode_image, encode_png, is_grayscale, max_pixels_from_env
+from .imaging import Picture, accepts_raster, decode_any, encode_for, is_grayscale, max_pixels_from_env
 from .throughput import Throughput
 
 log = logging.getLogger("restore.service")
@@ -108,8 +108,11 @@ def create_stage_app(stage: Stage) -> FastAPI:
             image_bytes, params = await read_process_form(request)
             values = validate_params(stage.params, params)
             noted = noting_input(stage, seen)
-            result, png = await run_until_disconnected(
-                request, ctx, lambda entered: run_in_slot(noted, concurrency, image_bytes, values, ctx, entered))
+            # PNG for anyone; the cheap raster transport only for a caller (the gateway) that asks for it.
+            raster = accepts_raster(request.headers.get("accept"))
+            result, (body, media_type) = await run_until_disconnected(
+                request, ctx, lambda entered: run_in_slot(noted, concurrency, image_bytes, values, ctx, entered,
+                                                          raster))
             outcome = "ok"
         except Aborted:
             outcome = "aborted"
@@ -119,8 +122,8 @@ def create_stage_app(stage: Stage) -> FastAPI:
         throughput.record(time.perf_counter() - started, seen["megapixels"], params, seen["kind"])
         headers = {PROCESS_TIME_HEADER: f"{(time.perf_counter() - started) * 1000:.1f}",
                    "X-Image-Size": f"{result.width}x{result.height}", REQUEST_ID_HEADER: request_id,
-                   **ctx.response_headers}
-        return Response(png, media_type="image/png", headers=headers)
+                   "Vary": "Accept", **ctx.response_headers}
+        return Response(memoryview(body), media_type=media_type, headers=headers)
 
     return app
 
@@ -135,17 +138,19 @@ def noting_input(stage: Stage, seen: dict[str, Any]) -> Stage:
 
 
 async def run_in_slot(stage: Stage, concurrency: asyncio.Semaphore, image_bytes: bytes, values: dict,
-                      ctx: StageContext, entered: asyncio.Event) -> tuple[Picture, bytes]:
+                      ctx: StageContext, entered: asyncio.Event,
+                      raster: bool = False) -> tuple[Picture, tuple[bytes | bytearray, str]]:
     """Decode, run and encode inside the stage's concurrency slot, all off the event loop: a waiting
-    request holds only its compressed upload, and ``/health`` answers while the stage works."""
+    request holds only its encoded upload, and ``/health`` answers while the stage works. The answer is
+    the raster transport when ``raster`` (the caller asked for it), else PNG."""
     async with concurrency:
         entered.set()
         ctx.check_aborted()
-        picture = await run_in_threadpool(decode_image, image_bytes, stage.input_limit())
+        picture = await run_in_threadpool(decode_any, image_bytes, None, stage.input_limit())
         result = await run_in_threadpool(stage.run, picture, values, ctx)
         ctx.check_aborted()
-        png = await run_in_threadpool(encode_png, result)
-    return result, png
+        encoded = await run_in_threadpool(encode_for, result, raster)
+    return result, encoded
 
 
 async def run_until_disconnected(request: Request, ctx: StageContext,

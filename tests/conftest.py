@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_IMAGES = ROOT.parent / "shared" / "images"
 ARTIFACTS = ROOT / "artifacts"
 STAGE_APPS = {name: f"services.{name}.app:app" for name in ("denoise", "deblur", "colorize", "upscale",
-                                                             "postprocess", "repair")}
+                                                             "postprocess", "repair", "tone")}
 
 
 def free_port() -> int:
@@ -32,6 +33,7 @@ class Process:
     port: int
     env: dict
     proc: subprocess.Popen | None = None
+    argv: list[str] | None = None   # a non-HTTP process (a job worker); None: uvicorn serving ``app``
 
     @property
     def url(self) -> str:
@@ -39,11 +41,16 @@ class Process:
 
     def start(self, log_dir: Path) -> None:
         log = open(log_dir / f"{self.name}.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "warning"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        argv = self.argv or [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1", "--port",
+                             str(self.port), "--log-level", "warning"]
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120) -> None:
+        if self.argv is not None:  # a worker has no port: alive is ready (it reads the queue when it can)
+            time.sleep(0.5)
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited; see artifacts/logs")
+            return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
@@ -75,6 +82,7 @@ class Process:
 class Stack:
     processes: dict[str, Process] = field(default_factory=dict)
     log_dir: Path = ARTIFACTS / "logs"
+    redis_url: str = ""   # the job store of the stack's gateway and worker
 
     def url(self, name: str) -> str:
         return self.processes[name].url
@@ -86,6 +94,42 @@ class Stack:
         process.wait_ready()
 
 
+class RedisServer:
+    """A throwaway redis-server on a free loopback port (no persistence: the tests kill clients, not it)."""
+
+    def __init__(self, log_dir: Path):
+        executable = shutil.which("redis-server")
+        if executable is None:
+            pytest.fail("redis-server is not installed (apt-get install -y redis-server; .ci/run does it)")
+        self.port = free_port()
+        self.proc = subprocess.Popen([executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(log_dir)],
+                                     stdout=open(log_dir / f"redis-{self.port}.log", "ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("redis-server did not start")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def worker_process(name: str, env: dict) -> Process:
+    return Process(name, "", 0, env, argv=[sys.executable, "-m", "gateway.worker"])
+
+
 def base_env() -> dict:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "2")
@@ -95,7 +139,7 @@ def base_env() -> dict:
 
 @pytest.fixture(scope="session")
 def stack() -> Stack:
-    """All five stages and the gateway, started once for the test session."""
+    """Every stage and the gateway, started once for the test session."""
     log_dir = ARTIFACTS / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     env = base_env()
@@ -108,7 +152,11 @@ def stack() -> Stack:
     # short enough that a dead stage is reported quickly, long enough for real CPU models on small test images
     gateway_env.setdefault("STAGE_TIMEOUT_S", "300")
     gateway_env.setdefault("STAGE_CONNECT_TIMEOUT_S", "2")
+    redis = RedisServer(log_dir)
+    gateway_env.update(REDIS_URL=redis.url, JOBS_QUEUE_NAME="stack")
+    stack.redis_url = redis.url
     stack.processes["gateway"] = Process("gateway", "gateway.app:app", free_port(), gateway_env)
+    stack.processes["worker"] = worker_process("worker", gateway_env)
     try:
         for process in stack.processes.values():
             process.start(log_dir)
@@ -118,6 +166,7 @@ def stack() -> Stack:
     finally:
         for process in stack.processes.values():
             process.stop()
+        redis.stop()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("denoise", "deblur", "colorize", "upscale", "postprocess", "repair")
+STAGES = ("denoise", "deblur", "colorize", "upscale", "postprocess", "repair", "tone")
 
 
 def compose() -> dict:
@@ -32,6 +32,18 @@ def test_compose_has_one_service_per_stage_with_health_and_limits():
         assert gateway_env[f"{name.upper()}_URL"].startswith(f"http://{name}:")
 
 
+def test_compose_splits_api_and_workers_over_redis():
+    services = compose()["services"]
+    assert services["redis"]["image"].startswith("redis:")
+    worker = services["worker"]
+    assert worker["command"] == ["python", "-m", "gateway.worker"] and "ports" not in worker
+    for name in ("gateway", "worker"):
+        environment = services[name]["environment"]
+        assert environment["REDIS_URL"].startswith("redis://redis:")
+        for stage in STAGES:
+            assert environment[f"{stage.upper()}_URL"].startswith(f"http://{stage}:")
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
 def test_docker_compose_config_validates():
     result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
@@ -44,7 +56,7 @@ def test_each_service_has_its_own_dependencies_and_image(folder):
     requirements = (ROOT / folder / "requirements.txt").read_text()
     dockerfile = (ROOT / folder / "Dockerfile").read_text()
     assert "requirements.txt" in dockerfile and "shared/" in dockerfile
-    if folder in ("services/denoise", "services/postprocess", "services/repair", "gateway"):
+    if folder in ("services/denoise", "services/postprocess", "services/repair", "services/tone", "gateway"):
         assert "torch" not in requirements, "classical services must not pull in torch"
 
 

@@ -16,7 +16,7 @@ from ui import finishing, plain
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "ui" / "app.py")
-SIMPLE_CHAIN = ("repair", "denoise", "deblur", "colorize", "upscale", "post-denoise", "sharpen")
+SIMPLE_CHAIN = ("repair", "denoise", "deblur", "tone", "colorize", "upscale", "post-denoise", "sharpen")
 TIMEOUT = 300   # a real model stage on CPU, when its weights are provisioned
 
 

@@ -21,7 +21,8 @@ if str(ROOT) not in sys.path:  # `streamlit run ui/app.py` puts only ui/ on the 
 
 import streamlit as st  # noqa: E402
 
-from ui import estimate, finishing, live_preview, photos, plain, repair_review, server_panel, widgets  # noqa: E402
+from ui import (estimate, finishing, live_preview, photos, plain, repair_review, server_panel, tone_panel,  # noqa: E402
+                widgets)
 from ui.gateway_client import (FINAL_STATES, Gateway, GatewayError, advanced_fields, gateway_url,  # noqa: E402
                                simple_fields)
 from ui.server_panel import service_state  # noqa: E402
@@ -365,6 +366,7 @@ def result_extras(result: dict) -> None:
     Each step's display is one call here, with the result dict (``png``, ``original``, ``headers`` with the
     stages' forwarded X-* headers, ``status``), e.g. a tone decision or a repair mask overlay.
     """
+    tone_panel.render_tone_decision(result, st)
 
 
 # ---------------------------------------------------------------------------------------------- finishing

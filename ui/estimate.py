@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-SIMPLE_CHAIN = ("repair", "denoise", "deblur", "colorize", "upscale", "post-denoise", "sharpen")
+SIMPLE_CHAIN = ("repair", "denoise", "deblur", "tone", "colorize", "upscale", "post-denoise", "sharpen")
 SPEED_FACTOR_RANGE = (0.33, 3.0)   # how far the finished steps may rescale what is left
 
 

@@ -96,8 +96,8 @@ class Gateway:
         return Result(response.content, response.headers.get("content-type", "image/png"), dict(response.headers))
 
 
-def simple_fields(colorize: str, upscale: str) -> dict[str, str]:
-    return {"mode": "simple", "colorize": colorize, "upscale": upscale}
+def simple_fields(colorize: str, upscale: str, tone: str = "auto") -> dict[str, str]:
+    return {"mode": "simple", "colorize": colorize, "upscale": upscale, "tone": tone}
 
 
 def advanced_fields(chain: list[dict[str, Any]]) -> dict[str, str]:

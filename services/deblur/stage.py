@@ -11,16 +11,20 @@ import os
 
 import numpy as np
 
-from shared.contract import Param, StageContext
+from shared.contract import ModelUnavailable, Param, StageContext
 from shared.imaging import Picture, is_grayscale
 from shared.tiling import process_tiled
 
+from .blur_auto import decide
 from .models import INCEPTION, MAXIM, MOBILENET, MODEL_FILES, SPECS, DeblurModels
 
-# tile geometry per model, from the specs (bench/deblur.py reads it too)
-TILING = {spec.name: spec.tiling.as_dict() for spec in SPECS}
+# tile geometry per model, from the specs (bench/deblur.py reads it too); MAXIM plans its own windows
+TILING = {spec.name: spec.tiling.as_dict() for spec in SPECS if spec.name != MAXIM}
 
 PARAMS = (
+    Param("mode", "enum", "auto", "auto = measure the blur first: a sharp photo is returned unchanged, a defocused "
+          "one deconvolved, a motion-blurred one deblurred by the network (strength scaled by the measured "
+          "blur); force = always the network", choices=("auto", "force")),
     Param("model", "enum", None, "deblur network; null = the default (first installed of "
           f"{MOBILENET}, {MAXIM}, {INCEPTION})", choices=tuple(MODEL_FILES), nullable=True),
     Param("strength", "float", 1.0, "blend of the deblurred result with the input (0 = input, 1 = full)",
@@ -52,13 +56,28 @@ def deblur_array(rgb: np.ndarray, model, *, tile: int, overlap: int, context: in
 
 def make_deblur(models: DeblurModels):
     def deblur(picture: Picture, params: dict, ctx: StageContext) -> Picture:
-        name, runner = models.get(params["model"])
-        ctx.set_header("X-Deblur-Model", name)
         strength = float(params["strength"])
+        # Direct callers that name no mode get the network, as before the auto decision existed.
+        if params.get("mode", "force") == "auto":
+            if params["model"] is not None and not models.available(params["model"]):
+                models.get(params["model"])  # a named model that is not installed: 503, whatever the photo
+            outcome = decide(picture, strength, ctx)
+            if outcome.result is not None:
+                return outcome.result
+            strength = outcome.network_strength
+        try:
+            name, runner = models.get(params["model"])
+        except ModelUnavailable as exc:
+            exc.headers.update(ctx.response_headers)  # a 503 still says what auto mode measured
+            raise
+        ctx.set_header("X-Deblur-Model", name)
         if strength == 0.0:
             return picture
         rgb = np.ascontiguousarray(picture.rgb, dtype=np.float32)
-        result = deblur_array(rgb, runner, ctx=ctx.sub_progress(0.0, 0.98), **tiling_for(name, *rgb.shape[:2]))
+        if name == MAXIM:  # MAXIM plans its own windows (the fewest that fit its memory budget)
+            result = runner.deblur(rgb, ctx=ctx.sub_progress(0.0, 0.98))
+        else:
+            result = deblur_array(rgb, runner, ctx=ctx.sub_progress(0.0, 0.98), **tiling_for(name, *rgb.shape[:2]))
         if strength < 1.0:
             result = rgb + np.float32(strength) * (result - rgb)
         if is_grayscale(picture.rgb):

@@ -2,7 +2,7 @@
 
 Runs inside the separate conversion venv (tensorflow-cpu + tf2onnx), never in the service:
 
-    .venv-convert/bin/python services/deblur/maxim_convert.py PACKAGE_DIR OUT.onnx ORACLE.npz
+    .venv-convert/bin/python tools/maxim_convert.py PACKAGE_DIR OUT.onnx ORACLE.npz
 
 1. ``models/model.json`` holds ``modelTopology``, a TensorFlow GraphDef written as JSON, whose Const nodes
    carry only dtype and shape; the values are the ``weightsManifest`` tensors, stored back to back in the
