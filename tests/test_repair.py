@@ -15,7 +15,7 @@ from tools.damage import damage
 from .helpers import decode_rgb, photo, png_of
 
 ROOT = Path(__file__).resolve().parent.parent
-DETECTION_F1_BAR = 0.45
+DETECTION_F1_BAR = 0.6
 CLEAN_FLAGGED_BAR = 0.003
 
 
