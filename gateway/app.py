@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from shared.contract import BadRequest, InvalidParams, StageError
 from shared.imaging import (check_pixel_limit, decode_image, encode_png, png_to_jpeg, probe_size, verify_png)
 from shared.openapi import endpoint_openapi, error_responses, image_response, install_error_handlers
+from shared.settings import load_settings
 from shared.upload import read_multipart, reject_unknown_fields
 
 from .chains import (STEPS, ChainOutcome, build_advanced_steps, parse_advanced_chain, run_chain,
@@ -47,7 +48,7 @@ async def lifespan(app: FastAPI):
     settings = SETTINGS
     client = StageClient(settings)
     # Jobs are only enqueued and read here; `python -m gateway.worker` runs them.
-    jobs = Jobs(JobSettings())
+    jobs = Jobs(load_settings(JobSettings))
     app.state.settings, app.state.client, app.state.jobs = settings, client, jobs
     app.state.finish_slots = asyncio.Semaphore(finish_slots(settings))
     warm = asyncio.create_task(client.warm_info_cache())
@@ -207,14 +208,15 @@ def finite_number(fields: dict[str, str], name: str, default: float) -> float:
 
 @app.get("/v1/stages", responses=error_responses((500,)))
 async def stages(request: Request):
-    """Each service's /info (cached) and /health, gathered concurrently; a silent service is reported down
-    after STAGE_HEALTH_TIMEOUT_S."""
+    """Each service's /info (fresh, or the cached copy when the stage is silent) and /health, gathered
+    concurrently; a silent service is reported down after STAGE_HEALTH_TIMEOUT_S."""
     client: StageClient = request.app.state.client
     services = sorted({service for service, _ in STEPS.values()})
 
     async def describe(service: str) -> dict:
         try:
-            info, health = await asyncio.gather(client.info(service), client.get_json(service, "/health"))
+            info, health = await asyncio.gather(client.info(service, fresh=True),
+                                                client.get_json(service, "/health"))
             return {"service": service, "status": health.get("status"), "info": info}
         except StageError as exc:
             return {"service": service, "status": "down", "error": exc.body()["error"]}

@@ -181,11 +181,12 @@ class StageClient:
             raise StageError(f"stage '{service}' is unreachable", code="stage_unreachable", status=502,
                              stage=service) from None
 
-    async def info(self, service: str) -> dict:
+    async def info(self, service: str, fresh: bool = False) -> dict:
         """The stage's /info, cached: a fresh copy is reused; when a refresh fails, the last one still serves
-        (the /process call then meets the stage's own timeout), so a hung stage cannot stall validation."""
+        (the /process call then meets the stage's own timeout), so a hung stage cannot stall validation.
+        ``fresh`` asks the stage first (its throughput changes with every request), the cache only if silent."""
         cached = self._info_cache.get(service)
-        if cached and time.monotonic() - cached[0] < self.settings.info_cache_ttl:
+        if cached and not fresh and time.monotonic() - cached[0] < self.settings.info_cache_ttl:
             return cached[1]
         try:
             info = await self.get_json(service, "/info")

@@ -23,6 +23,7 @@ from typing import Any
 
 from shared.contract import StageError, error_body
 from shared.imaging import decode_image, encode_png
+from shared.settings import load_settings
 
 from .chains import ChainOutcome, Step, run_chain
 from .client import StageClient
@@ -252,15 +253,16 @@ def reaper_loop(store: JobStore, settings: JobSettings, stop: threading.Event) -
 
 def main() -> None:
     if sys.argv[1:] == ["--ping"]:  # readiness probe: the job store answers
-        JobStore(JobSettings()).ping()
+        JobStore(load_settings(JobSettings)).ping()
         return
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    stage_settings = Settings.from_env()  # validated before anything runs: a bad variable stops the worker
+    settings = load_settings(JobSettings)
+    logging.basicConfig(level=stage_settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per stage call and progress poll
-    settings = JobSettings()
     store = JobStore(settings)
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name="chains", daemon=True).start()
-    client = StageClient(Settings.from_env())
+    client = StageClient(stage_settings)
     runner = Runner(store, settings, client, loop)
     store.executor = runner.execute
     stop = threading.Event()

@@ -330,16 +330,8 @@ def decode_transport(data: bytes | bytearray | memoryview, max_pixels: int = DEF
     icc = bytes(view[_RASTER_FIXED.size + exif_len:offset]) or None
     pixels = np.frombuffer(data, dtype="<u2" if bit_depth == 16 else np.uint8, offset=offset)
     pixels = pixels.reshape(height, width, channels)
-    gray, has_alpha = _CHANNEL_LAYOUTS[channels]
     # The same float conversion as the PNG decoders, so both paths give identical arrays.
-    if bit_depth == 16:
-        arr = pixels.astype(np.float32) / 65535.0
-    else:
-        arr = pixels.astype(np.float32)
-        arr *= np.float32(1 / 255)
-    colour_channels = 1 if gray else 3
-    rgb = np.repeat(arr[:, :, :1], 3, axis=2) if gray else np.ascontiguousarray(arr[:, :, :3])
-    alpha = np.ascontiguousarray(arr[:, :, colour_channels]) if has_alpha else None
+    rgb, alpha = to_float_planes(pixels, 65535.0 if bit_depth == 16 else 255.0)
     return Picture(rgb=rgb, alpha=alpha, bit_depth=bit_depth, exif=exif, icc_profile=icc)
 
 

@@ -67,7 +67,7 @@ def create_stage_app(stage: Stage) -> FastAPI:
     install_error_handlers(app, stage.name)
     # CPU models use every core for one request; more at once only thrashes caches and memory.
     concurrency = asyncio.Semaphore(settings.stage_concurrency)
-    throughput = Throughput()   # recent seconds per megapixel, for the UI's time estimates
+    throughput = Throughput(skip_first=1)   # recent seconds per megapixel (not the cold first request)
 
     @app.get("/health")
     async def health():

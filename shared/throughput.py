@@ -52,8 +52,11 @@ def summarize(samples) -> dict[str, Any]:
 class Throughput:
     """Thread-safe recent (seconds, megapixels) samples of one stage."""
 
-    def __init__(self, size: int = RECENT_REQUESTS, param_sets: int = PARAM_SETS):
+    def __init__(self, size: int = RECENT_REQUESTS, param_sets: int = PARAM_SETS, skip_first: int = 0):
         self.size, self.param_sets = size, param_sets
+        # A process's first requests pay one-off costs (lazy imports, model loading, first-call setup) that
+        # would inflate every estimate made from them.
+        self.to_skip = skip_first
         self.recent: deque[tuple[float, float, str | None]] = deque(maxlen=size)
         self.by_params: OrderedDict[tuple[str, str | None], deque[tuple[float, float]]] = OrderedDict()
         self.lock = threading.Lock()
@@ -65,6 +68,9 @@ class Throughput:
             return
         sample = (float(seconds), float(megapixels))
         with self.lock:
+            if self.to_skip > 0:
+                self.to_skip -= 1
+                return
             self.recent.append((*sample, kind))
             if params is not None:
                 key = (params_key(params), kind)

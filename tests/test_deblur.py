@@ -273,7 +273,7 @@ def test_precision_choice(monkeypatch):
     monkeypatch.setenv("DEBLUR_PRECISION", "fp32")
     assert choose_precision("cpu") == "fp32"
     monkeypatch.setenv("DEBLUR_PRECISION", "int4")
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigurationError):
         choose_precision("cpu")
 
 

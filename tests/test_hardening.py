@@ -12,9 +12,12 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import httpx
 import numpy as np
 import pytest
+
+from shared.contract import STAGE_NAMES
 
 from .conftest import ARTIFACTS, ROOT, Process, base_env, free_port
 from .helpers import decode_rgb, photo, png_of
@@ -100,7 +103,7 @@ def stop(processes: list[Process]) -> None:
 
 def gateway_for(stage_urls: dict[str, str], **env) -> Process:
     gateway_env = base_env()
-    for name in ("denoise", "deblur", "colorize", "upscale", "postprocess"):
+    for name in STAGE_NAMES:
         # stages a test does not use point at a closed port
         gateway_env[f"{name.upper()}_URL"] = stage_urls.get(name, f"http://127.0.0.1:{free_port()}")
     gateway_env.update({"STAGE_CONNECT_TIMEOUT_S": "1", **env})
@@ -338,7 +341,8 @@ def test_errors_and_skip_reasons_do_not_leak_internals(stack, tmp_path):
     empty_models = dict(base_env(), RESTORE_MODEL_DIR=str(tmp_path))
     upscale = Process("upscale-empty", "services.upscale.app:app", free_port(), empty_models)
     deblur = Process("deblur-empty", "services.deblur.app:app", free_port(), empty_models)
-    gateway = gateway_for({"upscale": upscale.url, "deblur": deblur.url, "postprocess": stack.url("postprocess")})
+    gateway = gateway_for({"upscale": upscale.url, "deblur": deblur.url, "postprocess": stack.url("postprocess"),
+                           "repair": stack.url("repair"), "tone": stack.url("tone")})
     start([upscale, deblur, gateway])
     try:
         error = assert_error(post(gateway.url + "/v1/pipeline", small_png(), stages=[{"stage": "denoise"}]), 502)
@@ -349,7 +353,11 @@ def test_errors_and_skip_reasons_do_not_leak_internals(stack, tmp_path):
         gateway.env["DENOISE_URL"] = stack.url("denoise")
         stop([gateway])
         start([gateway])
-        response = post(gateway.url + "/v1/restore", small_png(), colorize="off", upscale="x2")
+        # motion-blurred, so that deblur's auto mode needs its (missing) network and is skipped too
+        kernel = np.zeros((15, 15), np.float32)
+        kernel[7, :] = 1 / 15
+        blurred = cv2.filter2D(photo("astronaut")[:64, :64], -1, kernel)
+        response = post(gateway.url + "/v1/restore", png_of(blurred), colorize="off", upscale="x2")
         assert response.status_code == 200, response.text[:300]
         reasons = json.loads(response.headers["x-skipped-reasons"])
         assert set(reasons) == {"deblur", "upscale"}

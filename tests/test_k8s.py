@@ -94,8 +94,9 @@ def test_every_http_probe_path_exists_in_its_app(rendered):
 
 
 def names_read(folders: list[str]) -> set[str]:
-    """Environment variable names the code can read: upper-case string constants, plus the gateway's
-    per-stage names (built as f"{stage.upper()}_URL" and "_TIMEOUT_S")."""
+    """Environment variable names the code can read: upper-case string constants, the fields of the
+    pydantic-settings classes (their names upper-cased), plus the gateway's per-stage names (built as
+    f"{stage.upper()}_URL" and "_TIMEOUT_S")."""
     names: set[str] = set()
     for folder in folders:
         for path in (ROOT / folder).rglob("*.py"):
@@ -103,6 +104,9 @@ def names_read(folders: list[str]) -> set[str]:
                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
                         re.fullmatch(r"[A-Z][A-Z0-9_]{2,}", node.value):
                     names.add(node.value)
+                if isinstance(node, ast.ClassDef) and node.name.endswith("Settings"):
+                    names |= {item.target.id.upper() for item in node.body
+                              if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)}
     if "gateway" in folders:
         names |= {f"{s.upper()}{suffix}" for s in STAGE_NAMES for suffix in ("_URL", "_TIMEOUT_S")}
     return names

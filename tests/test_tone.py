@@ -190,7 +190,7 @@ def test_simple_chain_puts_tone_before_colorize():
     names = [s.name for s in simple_chain("on", "none")]
     assert names.index("tone") < names.index("colorize")
     assert next(s for s in simple_chain("on", "none") if s.name == "tone").params == {"mode": "auto"}
-    assert "tone" not in [s.name for s in simple_chain("on", "none", "off")]
+    assert "tone" not in [s.name for s in simple_chain("on", "none", tone="off")]
 
 
 def test_jobs_api_takes_the_tone_flag(stack, originals):

@@ -347,12 +347,12 @@ def expect_hidden(page, text: str) -> None:
 
 
 def test_progress_shows_the_time_left(page, stack, shared_images: Path, tmp_path: Path):
-    """While a longer restore runs (noise reduction of a 0.85 MP photo), the progress bar names the step in
+    """While a longer restore runs (noise reduction of a 2 MP photo), the progress bar names the step in
     plain words and the time left, from the estimate made before the run."""
     big, half = tmp_path / "big.png", tmp_path / "half.png"
     with Image.open(shared_images / "ost-009.png") as im:
-        im.convert("RGB").resize((770, 1100), Image.LANCZOS).save(big)
-        im.convert("RGB").resize((385, 550), Image.LANCZOS).save(half)
+        im.convert("RGB").resize((1180, 1690), Image.LANCZOS).save(big)
+        im.convert("RGB").resize((590, 845), Image.LANCZOS).save(half)
     http = httpx.Client(base_url=stack.url("gateway"), timeout=60)
     job = http.post("/v1/jobs", files={"image": ("half.png", half.read_bytes())},
                     data={"mode": "advanced", "stages": json.dumps([{"stage": "denoise"}])}).json()
@@ -366,7 +366,7 @@ def test_progress_shows_the_time_left(page, stack, shared_images: Path, tmp_path
     page.get_by_role("button", name="Add stage").click()
     page.get_by_text("1. denoise").wait_for()
     page.locator("input[type=file]").set_input_files(str(big))
-    page.get_by_text("big.png: 770×1100 px").wait_for()
+    page.get_by_text("big.png: 1180×1690 px").wait_for()
     wait_idle(page)
     estimate_text = page.get_by_text("Estimated time for this photo:")
     estimate_text.wait_for()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,6 +22,9 @@ from typing import Callable
 import numpy as np
 
 from shared.model_layer import LoadedModel
+from shared.settings import load_settings
+
+from .settings import DeblurSettings
 
 log = logging.getLogger("restore.deblur")
 
@@ -63,8 +65,8 @@ def cpu_has_fast_bf16() -> bool:
 
 def choose_precision(device: str) -> str:
     """fp16 on CUDA, bf16 autocast on CPUs with native bf16, fp32 elsewhere; DEBLUR_PRECISION overrides."""
-    wanted = os.environ.get("DEBLUR_PRECISION", "").strip().lower()
-    if wanted:
+    wanted = load_settings(DeblurSettings).deblur_precision
+    if wanted != "auto":
         if wanted not in PRECISIONS:
             raise ValueError(f"DEBLUR_PRECISION={wanted!r}; expected one of {PRECISIONS}")
         return wanted
@@ -173,7 +175,7 @@ class MaximRunner(LoadedModel):
         # The network keeps activations NHWC; convolution weights in channels_last match them (no reorder).
         self.model = model.to(memory_format=torch.channels_last)
         if max_window_pixels is None:
-            max_window_pixels = int(os.environ.get("DEBLUR_MAX_WINDOW_PIXELS", 0)) or int(
+            max_window_pixels = load_settings(DeblurSettings).deblur_max_window_pixels or int(
                 DEFAULT_MAX_WINDOW_PIXELS * (FP32_WINDOW_FACTOR if self.precision == "fp32" else 1.0))
         self.max_window_pixels = max_window_pixels
 
