@@ -22,6 +22,7 @@ from PIL import Image
 from shared.contract import ModelUnavailable, StageContext
 from shared.imaging import Picture
 from shared.model_store import ModelStore
+from shared.settings import ConfigurationError
 
 from services.deblur.maxim_runner import (CONTEXT, DEFAULT_MAX_WINDOW_PIXELS, MULTIPLE, MaximRunner, _fade_weights,
                                           choose_precision, load_maxim, plan_tiles)
