@@ -9,7 +9,7 @@ TEST_REQUIREMENTS := requirements-test.txt
 # The CPU build of torch (a local wheel on the project's machines; PyPI elsewhere).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-test provision run test bench clean-venv compose-config
+.PHONY: install install-test provision reference run test bench clean-venv compose-config
 
 install: $(VENV)/.installed
 
@@ -37,9 +37,14 @@ provision: install
 run: install provision
 	@$(BIN)/python scripts/run_local.py
 
+# The MAXIM test oracle: TensorFlow -> ONNX and TensorFlow's own outputs, built once in a throwaway venv
+# (about 10 minutes) and cached in the model cache; later calls only check that it is there.
+reference: install-test provision
+	$(BIN)/python -m tools.maxim_reference
+
 # Provisioning is idempotent (weights already in the cache are only checked), so a fresh clone's `make test`
-# fetches what the model tests compare against.
-test: install-test provision
+# fetches what the model tests compare against, the MAXIM oracle included.
+test: install-test provision reference
 	$(BIN)/python -m pytest -q tests
 
 # Benchmarks print ratios against a baseline run in the same process. The upscale reference
