@@ -61,8 +61,8 @@ def upscale_url(stack):
 def test_progress_moves_during_a_tiled_run_and_health_stays_responsive(upscale_url):
     request_id = f"progress-{uuid.uuid4().hex}"
     assert progress_of(upscale_url, request_id) == {"request_id": request_id, "state": "unknown", "progress": 0.0}
-    # 96 px in 32-px tiles: 16 tiles of the compact model
-    request = process_request(upscale_url, blocky_png(96), {"model": "realesr-animevideov3", "scale": 2,
+    # 192 px in 32-px tiles: 36 tiles of the compact model (long enough on a quiet machine to be polled)
+    request = process_request(upscale_url, blocky_png(192), {"model": "realesr-animevideov3", "scale": 2,
                                                              "tile": 32}, request_id)
     replies = []
     worker = threading.Thread(target=lambda: replies.append(httpx.Client(timeout=600).send(request)))
