@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import cv2
 import numpy as np
@@ -48,3 +49,14 @@ def photo(name: str = "astronaut") -> np.ndarray:
     """A real photo from scikit-image's bundled data (RGB uint8)."""
     import skimage.data
     return getattr(skimage.data, name)()
+
+
+def wait_for(predicate, timeout: float = 120, interval: float = 0.05):
+    """The first truthy value of ``predicate()``, polled until ``timeout``; AssertionError after it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")

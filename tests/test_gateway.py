@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from .conftest import Process, base_env, free_port, worker_process
-from .helpers import decode_rgb, jpeg_of, noisy, photo, png_of, psnr
+from .helpers import decode_rgb, jpeg_of, noisy, photo, png_of, psnr, wait_for
 from .test_shared import png_header_only
 
 STAGES = ("denoise", "deblur", "colorize", "upscale", "postprocess", "repair", "tone")
@@ -236,15 +236,6 @@ def test_stages_listing(stack):
 
 
 # --- jobs ---------------------------------------------------------------------------------------------
-def wait_for(predicate, timeout: float = 120, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
-
 
 def slow_chain(count: int = 4) -> list[dict]:
     # denoise with a fixed strong sigma on a ~1 MP image takes a noticeable time per step on this CPU

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from .conftest import STAGE_APPS, Process, RedisServer, base_env, free_port, worker_process
-from .helpers import decode_rgb, noisy, photo, png_of
+from .helpers import decode_rgb, noisy, photo, png_of, wait_for
 
 STAGES = tuple(STAGE_APPS)
 FINAL = ("done", "failed", "cancelled")
@@ -27,15 +27,6 @@ def post_job(url: str, image: bytes, **fields) -> httpx.Response:
 def status(url: str, job_id: str) -> dict:
     return httpx.get(f"{url}/v1/jobs/{job_id}", timeout=10).json()
 
-
-def wait_for(predicate, timeout: float = 120, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
 
 
 def denoise_chain(count: int) -> list[dict]:
