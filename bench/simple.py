@@ -40,7 +40,7 @@ from bench.deblur import motion_kernel
 from bench.timing import best_of
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("denoise", "deblur", "colorize", "upscale", "postprocess")
+STAGES = ("repair", "denoise", "deblur", "tone", "colorize", "upscale", "postprocess")
 SEED_SECONDS_PER_MP = "15-25"
 HOP_CHAIN = [{"stage": "denoise"}, {"stage": "post-denoise"}, {"stage": "sharpen"}]
 

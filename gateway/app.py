@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from shared.contract import BadRequest, InvalidParams, StageError
-from shared.imaging import (check_pixel_limit, decode_image, encode_png, png_to_jpeg, probe_size, verify_png)
+from shared.imaging import (check_pixel_limit, decode_image, encode_png, png_to_jpeg, probe_size, verify_png,
+                            verify_upload)
 from shared.openapi import endpoint_openapi, error_responses, image_response, install_error_handlers
 from shared.settings import load_settings
 from shared.upload import read_multipart, reject_unknown_fields
@@ -72,8 +73,8 @@ JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 async def validated_upload(request: Request, max_pixels: int, known_fields: frozenset[str]) -> tuple[bytes, dict]:
     data, fields = await read_multipart(request, request.app.state.settings.input_upload_limit)
     reject_unknown_fields(fields, known_fields)
-    # Decoding here rejects bad uploads before any stage is called (inputs are at most MAX_PIXELS).
-    await run_in_threadpool(decode_image, data, max_pixels)
+    # Checked here, so bad uploads are rejected before any stage is called (inputs are at most MAX_PIXELS).
+    await run_in_threadpool(verify_upload, data, max_pixels)
     return data, fields
 
 
@@ -263,7 +264,7 @@ async def create_job(request: Request):
     if mode not in ("simple", "advanced"):
         raise InvalidParams("'mode' must be simple or advanced", field="mode")
     reject_unknown_fields(fields, known_fields(mode))
-    await run_in_threadpool(decode_image, data, request.app.state.settings.max_pixels)
+    await run_in_threadpool(verify_upload, data, request.app.state.settings.max_pixels)
     steps = await steps_from_fields(request, mode, fields)
     status = await run_in_threadpool(request.app.state.jobs.submit, mode, steps, data)
     return JSONResponse(status, status_code=202, headers={"Location": f"/v1/jobs/{status['id']}"})

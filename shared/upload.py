@@ -48,6 +48,9 @@ async def read_multipart(request: Request, max_bytes: int) -> tuple[bytes, dict[
         raise BadRequest("send multipart/form-data with an 'image' file field", code="missing_image")
     parser = MultiPartParser(request.headers, _limited(request.stream(), max_bytes), max_files=1,
                              max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    # The image ends up in memory whole anyway (and the limit bounds it): spooling it to disk past 1 MB
+    # would only add a write and a read on every hop.
+    parser.spool_max_size = max_bytes
     try:
         form = await parser.parse()
     except MultiPartException as exc:
