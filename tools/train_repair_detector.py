@@ -1,0 +1,153 @@
+"""Train the repair detector's two small perceptrons and write services/repair/detector_weights.json.
+
+Run: ``python -m tools.train_repair_detector`` (a few minutes on 2 CPU cores; needs torch, used only here).
+
+Data: synthetic damage from tools/damage.py drawn on photos the benchmark (bench/repair.py) does NOT use -
+matplotlib's grace_hopper and scikit-image's stereo_motorcycle, retina, immunohistochemistry, moon, coins,
+clock, cell, brick, grass and gravel - each also mirrored at 0.75x and transposed at 1.25x, with seeds
+7000+i and 8000+i for the pixel nets and 9000+i and 9500+i for the component net (the benchmark uses
+1000-3000 + i). Every random draw is seeded, so a rerun writes the same file up to floating-point noise.
+
+- Pixel nets (one per polarity): the features of services.repair.detect.pixel_features, one hidden layer of
+  16 ReLUs. Positives: true-mask pixels the defect made brighter (bright net) or darker (dark net); negatives:
+  5% of the undamaged pixels, weighted x20 so the classes keep their real proportions.
+- Component net: components of the merged pixel probability (detect.component_features), one hidden layer
+  of 12 ReLUs, label = more than half of the component's pixels are damage, weight = sqrt(area).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from services.repair import detect as det  # noqa: E402
+from tools.damage import damage  # noqa: E402
+
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+NEGATIVE_SHARE = 0.05
+
+
+def training_photos() -> dict[str, np.ndarray]:
+    """Photos the benchmark does not use, each also mirrored at 0.75x and transposed at 1.25x."""
+    import matplotlib
+    import skimage.data as data
+    from PIL import Image
+    sample_data = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data"
+    base = {"grace_hopper": np.asarray(Image.open(sample_data / "grace_hopper.jpg").convert("RGB")),
+            "motorcycle": data.stereo_motorcycle()[0],
+            "retina": cv2.resize(data.retina(), (560, 560), interpolation=cv2.INTER_AREA),
+            "ihc": data.immunohistochemistry()}
+    for name in ("moon", "coins", "clock", "cell", "brick", "grass", "gravel"):
+        grey = getattr(data, name)()
+        base[name] = np.repeat(grey[:, :, None], 3, axis=2)
+    base["cell"] = cv2.resize(base["cell"], (440, 528), interpolation=cv2.INTER_AREA)
+    photos = {}
+    for name, rgb in base.items():
+        rgb = np.ascontiguousarray(rgb[:, :, :3])
+        photos[name] = rgb
+        photos[name + "_mirror075"] = cv2.resize(rgb[:, ::-1], None, fx=0.75, fy=0.75, interpolation=cv2.INTER_AREA)
+        photos[name + "_transpose125"] = np.ascontiguousarray(
+            cv2.resize(rgb, None, fx=1.25, fy=1.25, interpolation=cv2.INTER_CUBIC).transpose(1, 0, 2))
+    return photos
+
+
+def pixel_data(photos: dict[str, np.ndarray]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    rows, labels, weights = {1: [], -1: []}, {1: [], -1: []}, {1: [], -1: []}
+    for index, (name, clean) in enumerate(photos.items()):
+        for base_seed in (7000, 8000):
+            damaged, truth = damage(clean, seed=base_seed + index)
+            luma = damaged.astype(np.float32) @ LUMA
+            change = luma - clean.astype(np.float32) @ LUMA
+            maps = det.pixel_features(luma)
+            negatives = ~truth & (rng.random(truth.shape) < NEGATIVE_SHARE)
+            for sign in (1, -1):
+                positives = truth & (sign * change > 0)
+                pick = positives | negatives
+                rows[sign].append(np.stack([m[pick] for m in maps[sign]], axis=1))
+                labels[sign].append(positives[pick])
+                weights[sign].append(np.where(positives[pick], 1.0, 1 / NEGATIVE_SHARE))
+        print(f"pixels: {name}", flush=True)
+    return {sign: (np.concatenate(rows[sign]), np.concatenate(labels[sign]), np.concatenate(weights[sign]))
+            for sign in (1, -1)}
+
+
+def fit(rows: np.ndarray, labels: np.ndarray, weights: np.ndarray, hidden: int, steps: int,
+        batch: int | None) -> dict:
+    import torch
+    torch.manual_seed(0)
+    x = torch.tensor(rows, dtype=torch.float32)
+    y = torch.tensor(labels, dtype=torch.float32)
+    w = torch.tensor(weights, dtype=torch.float32)
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    x = (x - mean) / scale
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    optimiser = torch.optim.Adam(net.parameters(), lr=0.01)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        pick = torch.randint(0, len(x), (batch,), generator=generator) if batch else slice(None)
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(net(x[pick]).squeeze(1), y[pick],
+                                                                     reduction="none") * w[pick]).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    print(f"  loss {loss.item():.4f} on {len(x)} rows, {int(y.sum())} positive", flush=True)
+    first, second = net[0], net[2]
+    return {"mean": mean.tolist(), "scale": scale.tolist(), "w1": first.weight.detach().tolist(),
+            "b1": first.bias.detach().tolist(), "w2": second.weight.detach()[0].tolist(),
+            "b2": float(second.bias.detach()[0])}
+
+
+def component_data(photos: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows, labels, weights = [], [], []
+    # the originals and their mirrors only: enough components, half the time
+    names = [name for name in photos if not name.endswith("_transpose125")]
+    for index, name in enumerate(names):
+        clean = photos[name]
+        for base_seed in (9000, 9500):
+            damaged, truth = damage(clean, seed=base_seed + index)
+            luma = damaged.astype(np.float32) @ LUMA
+            count, labelled, features, _ = det.component_features(det.defect_probability(luma), luma)
+            area = np.bincount(labelled.ravel(), minlength=count)
+            inside = np.bincount(labelled.ravel(), truth.ravel().astype(np.float64), count)
+            rows.append(features[1:])
+            labels.append(inside[1:] / area[1:] > 0.5)
+            weights.append(np.sqrt(area[1:]))
+        print(f"components: {name}", flush=True)
+    return np.concatenate(rows), np.concatenate(labels), np.concatenate(weights)
+
+
+def main() -> int:
+    torch_threads = os.environ.get("TRAIN_THREADS")
+    if torch_threads:
+        import torch
+        torch.set_num_threads(int(torch_threads))
+    photos = training_photos()
+    nets = {}
+    for sign, (rows, labels, weights) in pixel_data(photos).items():
+        name = "bright" if sign > 0 else "dark"
+        print(f"pixel net {name}", flush=True)
+        nets[name] = fit(rows, labels, weights, hidden=16, steps=1500, batch=65536)
+    # the component features depend on the pixel nets just trained
+    det._NETS = {key: {k: np.asarray(v, np.float32) for k, v in net.items()} for key, net in nets.items()}
+    rows, labels, weights = component_data(photos)
+    print("component net", flush=True)
+    nets["component"] = fit(rows, labels, weights, hidden=12, steps=2000, batch=None)
+    out = {"about": "repair detector perceptrons; trained by tools/train_repair_detector.py on photos and "
+                    "damage seeds the benchmark does not use",
+           "pixel_features": list(det.PIXEL_FEATURES), "component_features": list(det.COMPONENT_FEATURES),
+           "training_photos": sorted(photos), "nets": nets}
+    det.WEIGHTS_PATH.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {det.WEIGHTS_PATH.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
