@@ -5,12 +5,14 @@ Run: ``python -m tools.train_repair_detector`` (a few minutes on 2 CPU cores; ne
 Data: synthetic damage from tools/damage.py drawn on photos the benchmark (bench/repair.py) does NOT use -
 matplotlib's grace_hopper and scikit-image's stereo_motorcycle, retina, immunohistochemistry, moon, coins,
 clock, cell, brick, grass and gravel - each also mirrored at 0.75x and transposed at 1.25x, with seeds
-7000+i and 8000+i for the pixel nets and 9000+i and 9500+i for the component net (the benchmark uses
-1000-3000 + i). Every random draw is seeded, so a rerun writes the same file up to floating-point noise.
+7000+i and 8000+i for the first-pass pixel nets, 7500+i and 8500+i for the context nets and 9000+i and
+9500+i for the component net (the benchmark uses 1000-3000 + i). Every random draw is seeded, so a rerun writes the same file up to floating-point noise.
 
 - Pixel nets (one per polarity): the features of services.repair.detect.pixel_features, one hidden layer of
-  16 ReLUs. Positives: true-mask pixels the defect made brighter (bright net) or darker (dark net); negatives:
+  16 ReLUs, on the active pixels only (as detect scores them). Positives: true-mask pixels the defect made brighter (bright net) or darker (dark net); negatives:
   5% of the undamaged pixels, weighted x20 so the classes keep their real proportions.
+- Context nets (one per polarity): the same features plus detect.context_features of the first pass's
+  probabilities, same size and sampling.
 - Component net: components of the merged pixel probability (detect.component_features), one hidden layer
   of 12 ReLUs, label = more than half of the component's pixels are damage, weight = sqrt(area).
 """
@@ -58,23 +60,31 @@ def training_photos() -> dict[str, np.ndarray]:
     return photos
 
 
-def pixel_data(photos: dict[str, np.ndarray]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(0)
+def pixel_data(photos: dict[str, np.ndarray], seeds: tuple[int, int],
+               context: bool) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Rows of active pixels per polarity: first-pass features, plus the context ones when ``context``."""
+    rng = np.random.default_rng(seeds[0])
     rows, labels, weights = {1: [], -1: []}, {1: [], -1: []}, {1: [], -1: []}
     for index, (name, clean) in enumerate(photos.items()):
-        for base_seed in (7000, 8000):
+        for base_seed in seeds:
             damaged, truth = damage(clean, seed=base_seed + index)
             luma = damaged.astype(np.float32) @ LUMA
             change = luma - clean.astype(np.float32) @ LUMA
-            maps = det.pixel_features(luma)
+            if context:
+                maps, active, first = det.first_pass(luma)
+            else:
+                maps, active = {}, {}
+                for sign, (sign_maps, sign_active) in det.pixel_features(luma).items():
+                    maps[sign], active[sign] = sign_maps, sign_active
             negatives = ~truth & (rng.random(truth.shape) < NEGATIVE_SHARE)
             for sign in (1, -1):
+                sign_maps = maps[sign] + (det.context_features(first[sign], first[-sign]) if context else [])
                 positives = truth & (sign * change > 0)
-                pick = positives | negatives
-                rows[sign].append(np.stack([m[pick] for m in maps[sign]], axis=1))
+                pick = (positives | negatives) & active[sign]
+                rows[sign].append(np.stack([m[pick] for m in sign_maps], axis=1))
                 labels[sign].append(positives[pick])
                 weights[sign].append(np.where(positives[pick], 1.0, 1 / NEGATIVE_SHARE))
-        print(f"pixels: {name}", flush=True)
+        print(f"pixels{' (context)' if context else ''}: {name}", flush=True)
     return {sign: (np.concatenate(rows[sign]), np.concatenate(labels[sign]), np.concatenate(weights[sign]))
             for sign in (1, -1)}
 
@@ -131,18 +141,22 @@ def main() -> int:
         torch.set_num_threads(int(torch_threads))
     photos = training_photos()
     nets = {}
-    for sign, (rows, labels, weights) in pixel_data(photos).items():
-        name = "bright" if sign > 0 else "dark"
-        print(f"pixel net {name}", flush=True)
-        nets[name] = fit(rows, labels, weights, hidden=16, steps=1500, batch=65536)
-    # the component features depend on the pixel nets just trained
-    det._NETS = {key: {k: np.asarray(v, np.float32) for k, v in net.items()} for key, net in nets.items()}
+    for sign, (rows, labels, weights) in pixel_data(photos, (7000, 8000), context=False).items():
+        print(f"pixel net {det._NAMES[sign]}", flush=True)
+        nets[det._NAMES[sign]] = fit(rows, labels, weights, hidden=16, steps=1500, batch=65536)
+    # each later stage's inputs depend on the nets trained before it
+    det._NETS = det.prepare_nets(nets)
+    for sign, (rows, labels, weights) in pixel_data(photos, (7500, 8500), context=True).items():
+        print(f"context net {det._NAMES[sign]}", flush=True)
+        nets["context_" + det._NAMES[sign]] = fit(rows, labels, weights, hidden=16, steps=1500, batch=65536)
+    det._NETS = det.prepare_nets(nets)
     rows, labels, weights = component_data(photos)
     print("component net", flush=True)
     nets["component"] = fit(rows, labels, weights, hidden=12, steps=2000, batch=None)
     out = {"about": "repair detector perceptrons; trained by tools/train_repair_detector.py on photos and "
                     "damage seeds the benchmark does not use",
-           "pixel_features": list(det.PIXEL_FEATURES), "component_features": list(det.COMPONENT_FEATURES),
+           "pixel_features": list(det.PIXEL_FEATURES), "context_features": list(det.CONTEXT_FEATURES),
+           "component_features": list(det.COMPONENT_FEATURES),
            "training_photos": sorted(photos), "nets": nets}
     det.WEIGHTS_PATH.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {det.WEIGHTS_PATH.relative_to(ROOT)}")

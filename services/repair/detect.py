@@ -1,7 +1,7 @@
 """Finding print damage: thin elongated defects (scratches, creases, hairs) and small blobs (dust, spots).
 
 Works on the luminance in 8-bit units, once per polarity (bright defects: scraped emulsion, crease ridges,
-dust on the print; dark ones: dirt in a groove, crease shadows, dust on the negative), in two steps:
+dust on the print; dark ones: dirt in a groove, crease shadows, dust on the negative), in three steps:
 
 1. Pixels. Each pixel gets hand-crafted features (``pixel_features``): morphological top-hats with discs of
    5, 9 and 15 px (structures narrower than that, with their contrast against the local background), the
@@ -9,18 +9,22 @@ dust on the print; dark ones: dirt in a groove, crease shadows, dust on the nega
    in 8 directions (the max: something long in some direction; the min: long in all, a patch rather than a
    line), Hessian eigenvalues at sigma 1 and 2 (ridge across, flat along), the local texture level (median
    top-hat in 16x16 blocks, median line response in 32x32 blocks, 15x15 standard deviation), the pixel's
-   tone in the defect's polarity, and the edge sharpness around it (defects are laid on the print, not
-   blurred by the lens). A small perceptron (one hidden layer, ``detector_weights.json``) turns them into a
-   probability of damage; the polarities are merged by taking the larger.
-2. Components. Pixels above ``PIXEL_BAR`` are joined into 8-connected components; each is described by its
+   tone in the defect's polarity, and the edge sharpness around it (defects lie on the print, unblurred by
+   the lens). A small perceptron (one hidden layer) turns them into a probability of damage. Pixels less
+   than ``ACTIVE_CONTRAST`` off their top-hat background are not scored (probability 0).
+2. Context. A second perceptron per polarity sees the same features plus how the first probabilities are
+   laid out around the pixel (``context_features``): their line openings (a scratch is a long coherent run
+   of likely pixels, texture a scatter of short ones), their local mean and max, and the opposite
+   polarity's (a crease is a bright ridge beside a dark shadow). The polarities are merged by the max.
+3. Components. Pixels above ``PIXEL_BAR`` are joined into 8-connected components; each is described by its
    area, extent (bounding-box diagonal), mean width, mean and max probability, share of very likely pixels,
-   mean tone's distance from mid-grey and tone spread inside (``component_features``), and a second small
+   mean tone's distance from mid-grey and tone spread inside (``component_features``), and a third small
    perceptron scores it: a long coherent curve or a compact speck of uniform tone is damage, a stray
    fragment of texture or an object edge is not. Components scoring above the bar are the mask.
 
-Both perceptrons are trained by ``tools/train_repair_detector.py`` on synthetic damage (tools/damage.py)
-drawn on photos and seeds that the benchmark does not use; their few hundred parameters are plain numbers
-in the JSON file, evaluated here with numpy.
+The perceptrons are trained by ``tools/train_repair_detector.py`` on synthetic damage (tools/damage.py)
+drawn on photos and seeds that the benchmark does not use; their parameters (about 1,000 numbers) are plain
+numbers in ``detector_weights.json``, evaluated here with numpy.
 
 The sensitivity moves the component bar in log-odds (0.5 = probability 0.5, as trained); ``mode=force``
 repairs components down to ``CANDIDATE_SHIFT`` log-odds below it. Components longer than ``LINE_EXTENT``
@@ -45,7 +49,8 @@ SENSITIVITY_LOGODDS = 2.0  # log-odds the component bar moves per 0.5 of sensiti
 CANDIDATE_SHIFT = 1.0      # log-odds: force mode also repairs components this far below the bar
 LEVEL_BLOCK = 16
 LINE_LEVEL_BLOCK = 32
-ROW_CHUNK = 256            # rows per perceptron batch: bounds the hidden layer's memory on large photos
+PIXEL_CHUNK = 1 << 18      # pixels per perceptron batch: bounds the hidden layer's memory on large photos
+ACTIVE_CONTRAST = 6.0      # 8-bit levels: a pixel less than this off its 15-px top-hat background is no defect
 
 
 @dataclass
@@ -80,10 +85,12 @@ _LINES21 = _line_kernels(21)
 _LINES41 = _line_kernels(41)
 _DISCS = (_disc(5), _disc(9), _disc(15))
 _SQUARE3 = np.ones((3, 3), np.uint8)
+_SQUARE5 = np.ones((5, 5), np.uint8)
 
 PIXEL_FEATURES = ("tophat5", "tophat9", "tophat15", "line21", "line21_least", "median11", "median5",
                   "ridge1", "along1", "ridge2", "along2", "texture", "line_texture", "std15", "tone",
                   "line41", "sharpness")
+CONTEXT_FEATURES = ("p", "p_along21", "p_along21_least", "p_along41", "p_mean9", "p_max5", "other_p_max5")
 COMPONENT_FEATURES = ("log_area", "log_extent", "width", "mean_p", "max_p", "likely_share", "extremeness",
                       "tone_spread")
 
@@ -127,8 +134,12 @@ def _signed_log(values: np.ndarray) -> np.ndarray:
     return np.sign(values) * np.log1p(np.abs(values))
 
 
-def pixel_features(luma: np.ndarray, signs: tuple[int, ...] = (1, -1)) -> dict[int, list[np.ndarray]]:
-    """Per polarity (+1 bright, -1 dark): the PIXEL_FEATURES maps, float32, already log-compressed.
+def pixel_features(luma: np.ndarray, signs: tuple[int, ...] = (1, -1)) -> dict[int, tuple[list[np.ndarray],
+                                                                                       np.ndarray]]:
+    """Per polarity (+1 bright, -1 dark): (the PIXEL_FEATURES maps, float32, log-compressed; active pixels).
+
+    Only active pixels - at least ACTIVE_CONTRAST off the 15-px top-hat background - are scored: the others
+    cannot be a defect of that polarity, and skipping them halves the perceptron's work.
 
     Contrasts go through log1p so that the perceptron works on ratios (contrast against texture level).
     """
@@ -165,24 +176,39 @@ def pixel_features(luma: np.ndarray, signs: tuple[int, ...] = (1, -1)) -> dict[i
             maps += [log(across), _signed_log(along)]
         tone = luma if sign > 0 else 255 - luma
         maps += [log(texture), log(line_texture), log(std15), tone / np.float32(255), log(line41), log(sharpness)]
-        out[sign] = [m.astype(np.float32, copy=False) for m in maps]
+        out[sign] = ([m.astype(np.float32, copy=False) for m in maps], tophat15 > ACTIVE_CONTRAST)
     return out
 
 
 def _perceptron(net: dict, rows: np.ndarray) -> np.ndarray:
     """Log-odds of a one-hidden-layer perceptron (ReLU) on feature rows (N x F)."""
-    hidden = np.maximum((rows - net["mean"]) / net["scale"] @ net["w1"].T + net["b1"], 0)
+    hidden = np.maximum(rows @ net["w1_folded"].T + net["b1_folded"], 0)
     return hidden @ net["w2"] + net["b2"]
 
 
-def pixel_probability(net: dict, maps: list[np.ndarray]) -> np.ndarray:
-    height, width = maps[0].shape
-    out = np.empty((height, width), np.float32)
-    for top in range(0, height, ROW_CHUNK):
-        rows = np.stack([m[top:top + ROW_CHUNK] for m in maps], axis=-1).reshape(-1, len(maps))
-        logodds = _perceptron(net, rows)
-        out[top:top + ROW_CHUNK] = (1 / (1 + np.exp(-logodds))).reshape(-1, width)
+def pixel_probability(net: dict, maps: list[np.ndarray], active: np.ndarray) -> np.ndarray:
+    """The net's probability at the ``active`` pixels, 0 elsewhere (float32 H x W)."""
+    out = np.zeros(active.shape, np.float32)
+    where = np.flatnonzero(active)
+    flat_maps = [m.ravel() for m in maps]
+    for start in range(0, where.size, PIXEL_CHUNK):
+        index = where[start:start + PIXEL_CHUNK]
+        rows = np.stack([m[index] for m in flat_maps], axis=1)
+        out.ravel()[index] = 1 / (1 + np.exp(-np.clip(_perceptron(net, rows), -30, 30)))
     return out
+
+
+def context_features(own: np.ndarray, other: np.ndarray) -> list[np.ndarray]:
+    """CONTEXT_FEATURES: how the first pass's probability ``own`` is laid out around each pixel.
+
+    A defect pixel sits on a long coherent run of likely pixels (a scratch) or in a compact cluster (a
+    speck); a texture pixel among scattered ones. ``other`` is the opposite polarity's probability (a crease
+    is a bright ridge beside a dark shadow).
+    """
+    along21, least21 = _max_opening(own, _LINES21)
+    along41, _ = _max_opening(own, _LINES41)
+    return [own, along21, least21, along41, cv2.blur(own, (9, 9)), cv2.dilate(own, _SQUARE5),
+            cv2.dilate(other, _SQUARE5)]
 
 
 def component_features(probability: np.ndarray, luma: np.ndarray) -> tuple[int, np.ndarray, np.ndarray,
@@ -207,10 +233,18 @@ def component_features(probability: np.ndarray, luma: np.ndarray) -> tuple[int, 
 
 
 def load_weights(path: Path = WEIGHTS_PATH) -> dict:
-    raw = json.loads(path.read_text())
+    return prepare_nets(json.loads(path.read_text())["nets"])
+
+
+def prepare_nets(raw_nets: dict) -> dict:
+    """The nets as float32 arrays, ready for _perceptron."""
     nets = {}
-    for name, net in raw["nets"].items():
-        nets[name] = {key: np.asarray(value, np.float32) for key, value in net.items()}
+    for name, raw in raw_nets.items():
+        net = {key: np.asarray(value, np.float32) for key, value in raw.items()}
+        # the input standardisation folded into the first layer: one matrix product per batch
+        net["w1_folded"] = net["w1"] / net["scale"][None, :]
+        net["b1_folded"] = net["b1"] - net["w1_folded"] @ net["mean"]
+        nets[name] = net
     return nets
 
 
@@ -224,16 +258,35 @@ def _nets() -> dict:
     return _NETS
 
 
+def first_pass(luma: np.ndarray) -> tuple[dict[int, list[np.ndarray]], dict[int, np.ndarray],
+                                          dict[int, np.ndarray]]:
+    """Both polarities: (feature maps, active pixels, first-pass probability)."""
+    nets = _nets()
+    maps, active, probability = {}, {}, {}
+    for sign, (sign_maps, sign_active) in pixel_features(luma).items():
+        maps[sign], active[sign] = sign_maps, sign_active
+        probability[sign] = pixel_probability(nets[_NAMES[sign]], sign_maps, sign_active)
+    return maps, active, probability
+
+
+_NAMES = {1: "bright", -1: "dark"}
+
+
 def defect_probability(luma: np.ndarray, polarity: str = "both") -> np.ndarray:
-    """Per-pixel probability of damage (the larger over the polarities asked for)."""
+    """Per-pixel probability of damage (the larger over the polarities asked for).
+
+    The first pass scores each pixel from its own features; the second also sees how the first pass's
+    probabilities are laid out around it (context_features).
+    """
     signs = {"both": (1, -1), "bright": (1,), "dark": (-1,)}[polarity]
     nets = _nets()
-    probability = None
-    for sign, maps in pixel_features(luma, signs).items():
-        p = pixel_probability(nets["bright" if sign > 0 else "dark"], maps)
-        probability = p if probability is None else np.maximum(probability, p)
-        del maps
-    return probability
+    maps, active, first = first_pass(np.ascontiguousarray(luma, np.float32))
+    merged = None
+    for sign in signs:
+        context = context_features(first[sign], first[-sign])
+        p = pixel_probability(nets["context_" + _NAMES[sign]], maps[sign] + context, active[sign])
+        merged = p if merged is None else np.maximum(merged, p)
+    return merged
 
 
 def detect(luma: np.ndarray, *, sensitivity: float = 0.5, scratches: bool = True, dust: bool = True,
