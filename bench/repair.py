@@ -53,6 +53,15 @@ def load_photos(quick: bool) -> dict[str, np.ndarray]:
     return photos
 
 
+def visible_of(name: str) -> np.ndarray | None:
+    """Pixels the photo shows (alpha > 0.5), for a photo with alpha; the stage never repairs the others."""
+    path = SHARED_IMAGES / name
+    if not path.exists():
+        return None
+    alpha = decode_image(path.read_bytes(), max_pixels=50_000_000).alpha
+    return None if alpha is None else alpha > 0.5
+
+
 def psnr_in(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     err = ((a.astype(np.float64) - b.astype(np.float64)) ** 2)[mask].mean()
     return float("inf") if err == 0 else 10 * np.log10(255.0 ** 2 / err)
@@ -106,7 +115,7 @@ def main() -> int:
     seeds = (1, 2) if args.quick else (1, 2, 3)
     print("machine: this project's 2-core AMD EPYC Zen4 (shared and loaded); times are best-of runs\n")
     print(f"{'photo':24s} {'F1':>6s} {'prec':>6s} {'recall':>6s} {'clean%':>7s} {'dmg dB':>7s} {'telea':>7s} "
-          f"{'sparse':>7s} {'stage':>7s}")
+          f"{'sparse':>7s} {'stage':>7s}  {'clean% on visible pixels (alpha photos)':s}")
     tp = fp = fn = 0
     rows = []
     worst_clean = 0.0
@@ -124,14 +133,19 @@ def main() -> int:
             stage_out, _ = run_stage(damaged)
             gains.append((psnr_in(damaged, clean, truth), psnr_in(telea, clean, truth), psnr_in(ours, clean, truth),
                           psnr_in(stage_out, clean, truth)))
-        clean_share = float(detected(clean).mean())
+        clean_found = detected(clean)
+        clean_share = float(clean_found.mean())
+        visible = visible_of(name)
+        # the RGB under a transparent area is not part of the picture (the stage skips it), but it is
+        # what this benchmark's detection measure sees: both are shown, the protocol's number counts
+        visible_share = f"{clean_found[visible].mean() * 100:6.3f}%" if visible is not None else ""
         worst_clean = max(worst_clean, clean_share)
         tp, fp, fn = tp + ptp, fp + pfp, fn + pfn
         mean = np.mean(gains, axis=0)
         rows.append(mean)
         print(f"{name:24s} {2 * ptp / max(1, 2 * ptp + pfp + pfn):6.3f} {ptp / max(1, ptp + pfp):6.3f} "
               f"{ptp / max(1, ptp + pfn):6.3f} {clean_share * 100:6.3f}% {mean[0]:7.2f} {mean[1]:7.2f} "
-              f"{mean[2]:7.2f} {mean[3]:7.2f}")
+              f"{mean[2]:7.2f} {mean[3]:7.2f}  {visible_share}")
     mean = np.mean(rows, axis=0)
     f1 = 2 * tp / (2 * tp + fp + fn)
     print(f"\npooled detection F1 {f1:.3f} (precision {tp / (tp + fp):.3f}, recall {tp / (tp + fn):.3f}); "

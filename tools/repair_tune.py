@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from bench.repair import load_photos
+from bench.repair import load_photos, visible_of
 from services.repair.detect import detect
 from tools.damage import damage
 
@@ -45,7 +45,7 @@ def main() -> int:
     photos = load_photos(False)
     seeds = (7000,) if args.quick else (7000, 8000)
     started = time.perf_counter()
-    print(f"{'photo':24s} {'F1':>6s} {'prec':>6s} {'recall':>6s} {'clean%':>7s}")
+    print(f"{'photo':24s} {'F1':>6s} {'prec':>6s} {'recall':>6s} {'clean%':>7s} {'visible-only clean%':s}")
     total = np.zeros(3, np.int64)
     tiny = np.zeros(2, np.int64)
     tiny_missed = np.zeros(2, np.int64)
@@ -60,12 +60,15 @@ def main() -> int:
             for slot, bar in enumerate((10, 20)):
                 tiny[slot] += (truth & (change < bar)).sum()
                 tiny_missed[slot] += (truth & ~found & (change < bar)).sum()
-        flagged = float(found_in(clean, args.sensitivity).mean())
+        clean_found = found_in(clean, args.sensitivity)
+        flagged = float(clean_found.mean())
+        visible = visible_of(name)
         worst = max(worst, flagged)
         total += counts
         tp, fp, fn = counts
         print(f"{name:24s} {2 * tp / max(1, 2 * tp + fp + fn):6.3f} {tp / max(1, tp + fp):6.3f} "
-              f"{tp / max(1, tp + fn):6.3f} {flagged * 100:6.3f}%")
+              f"{tp / max(1, tp + fn):6.3f} {flagged * 100:6.3f}% "
+              f"{'' if visible is None else f'{clean_found[visible].mean() * 100:6.3f}%'}")
     tp, fp, fn = total
     print(f"\npooled: {scores(tp, fp, fn)}; worst clean photo {worst * 100:.3f}% flagged")
     truth_pixels = tp + fn

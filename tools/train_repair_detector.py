@@ -1,20 +1,19 @@
-"""Train the repair detector's two small perceptrons and write services/repair/detector_weights.json.
+"""Train the repair detector's four small perceptrons and write services/repair/detector_weights.json.
 
-Run: ``python -m tools.train_repair_detector`` (a few minutes on 2 CPU cores; needs torch, used only here).
+Run: ``python -m tools.train_repair_detector`` (about 5 minutes on 2 CPU cores; needs torch, used only here).
 
 Data: synthetic damage from tools/damage.py drawn on photos the benchmark (bench/repair.py) does NOT use -
 matplotlib's grace_hopper and scikit-image's stereo_motorcycle, retina, immunohistochemistry, moon, coins,
 clock, cell, brick, grass and gravel - each also mirrored at 0.75x and transposed at 1.25x, with seeds
-7000+i and 8000+i for the first-pass pixel nets, 7500+i and 8500+i for the context nets and 9000+i and
-9500+i for the component net (the benchmark uses 1000-3000 + i). Every random draw is seeded, so a rerun writes the same file up to floating-point noise.
+7000+i and 8000+i for the first-pass nets and 7500+i and 8500+i for the context nets (the benchmark uses
+1000-3000 + i). Every random draw is seeded, so a rerun writes the same file up to floating-point noise.
 
-- Pixel nets (one per polarity): the features of services.repair.detect.pixel_features, one hidden layer of
-  16 ReLUs, on the active pixels only (as detect scores them). Positives: true-mask pixels the defect made brighter (bright net) or darker (dark net); negatives:
-  5% of the undamaged pixels, weighted x20 so the classes keep their real proportions.
+- First-pass nets (one per polarity): the features of services.repair.detect.pixel_features, one hidden
+  layer of 16 ReLUs, on the active pixels only (as detect scores them). Positives: true-mask pixels the
+  defect made brighter (bright net) or darker (dark net); negatives: 5% of the undamaged pixels, weighted
+  x20 so that the classes keep their real proportions.
 - Context nets (one per polarity): the same features plus detect.context_features of the first pass's
   probabilities, same size and sampling.
-- Component net: components of the merged pixel probability (detect.component_features), one hidden layer
-  of 12 ReLUs, label = more than half of the component's pixels are damage, weight = sqrt(area).
 """
 from __future__ import annotations
 
@@ -34,6 +33,10 @@ from tools.damage import damage  # noqa: E402
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 NEGATIVE_SHARE = 0.05
+PIXEL_HIDDEN = 16
+FIRST_SEEDS = (7000, 8000)
+CONTEXT_SEEDS = (7500, 8500)
+COMPONENT_SEEDS = (9000, 9500, 9200, 9700)
 
 
 def training_photos() -> dict[str, np.ndarray]:
@@ -60,7 +63,7 @@ def training_photos() -> dict[str, np.ndarray]:
     return photos
 
 
-def pixel_data(photos: dict[str, np.ndarray], seeds: tuple[int, int],
+def pixel_data(photos: dict[str, np.ndarray], seeds: tuple[int, ...],
                context: bool) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Rows of active pixels per polarity: first-pass features, plus the context ones when ``context``."""
     rng = np.random.default_rng(seeds[0])
@@ -115,23 +118,18 @@ def fit(rows: np.ndarray, labels: np.ndarray, weights: np.ndarray, hidden: int, 
             "b2": float(second.bias.detach()[0])}
 
 
-def component_data(photos: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows, labels, weights = [], [], []
-    # the originals and their mirrors only: enough components, half the time
-    names = [name for name in photos if not name.endswith("_transpose125")]
-    for index, name in enumerate(names):
-        clean = photos[name]
-        for base_seed in (9000, 9500):
-            damaged, truth = damage(clean, seed=base_seed + index)
-            luma = damaged.astype(np.float32) @ LUMA
-            count, labelled, features, _ = det.component_features(det.defect_probability(luma), luma)
-            area = np.bincount(labelled.ravel(), minlength=count)
-            inside = np.bincount(labelled.ravel(), truth.ravel().astype(np.float64), count)
-            rows.append(features[1:])
-            labels.append(inside[1:] / area[1:] > 0.5)
-            weights.append(np.sqrt(area[1:]))
-        print(f"components: {name}", flush=True)
-    return np.concatenate(rows), np.concatenate(labels), np.concatenate(weights)
+def pixel_nets(photos: dict[str, np.ndarray]) -> dict:
+    nets = {}
+    for sign, (rows, labels, weights) in pixel_data(photos, FIRST_SEEDS, context=False).items():
+        print(f"pixel net {det._NAMES[sign]}", flush=True)
+        nets[det._NAMES[sign]] = fit(rows, labels, weights, hidden=PIXEL_HIDDEN, steps=1500, batch=65536)
+    # each later stage's inputs depend on the nets trained before it
+    det._NETS = det.prepare_nets(nets)
+    for sign, (rows, labels, weights) in pixel_data(photos, CONTEXT_SEEDS, context=True).items():
+        print(f"context net {det._NAMES[sign]}", flush=True)
+        nets["context_" + det._NAMES[sign]] = fit(rows, labels, weights, hidden=PIXEL_HIDDEN, steps=1500,
+                                                  batch=65536)
+    return nets
 
 
 def main() -> int:
@@ -140,23 +138,10 @@ def main() -> int:
         import torch
         torch.set_num_threads(int(torch_threads))
     photos = training_photos()
-    nets = {}
-    for sign, (rows, labels, weights) in pixel_data(photos, (7000, 8000), context=False).items():
-        print(f"pixel net {det._NAMES[sign]}", flush=True)
-        nets[det._NAMES[sign]] = fit(rows, labels, weights, hidden=16, steps=1500, batch=65536)
-    # each later stage's inputs depend on the nets trained before it
-    det._NETS = det.prepare_nets(nets)
-    for sign, (rows, labels, weights) in pixel_data(photos, (7500, 8500), context=True).items():
-        print(f"context net {det._NAMES[sign]}", flush=True)
-        nets["context_" + det._NAMES[sign]] = fit(rows, labels, weights, hidden=16, steps=1500, batch=65536)
-    det._NETS = det.prepare_nets(nets)
-    rows, labels, weights = component_data(photos)
-    print("component net", flush=True)
-    nets["component"] = fit(rows, labels, weights, hidden=12, steps=2000, batch=None)
+    nets = pixel_nets(photos)
     out = {"about": "repair detector perceptrons; trained by tools/train_repair_detector.py on photos and "
                     "damage seeds the benchmark does not use",
            "pixel_features": list(det.PIXEL_FEATURES), "context_features": list(det.CONTEXT_FEATURES),
-           "component_features": list(det.COMPONENT_FEATURES),
            "training_photos": sorted(photos), "nets": nets}
     det.WEIGHTS_PATH.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {det.WEIGHTS_PATH.relative_to(ROOT)}")

@@ -16,20 +16,20 @@ dust on the print; dark ones: dirt in a groove, crease shadows, dust on the nega
    laid out around the pixel (``context_features``): their line openings (a scratch is a long coherent run
    of likely pixels, texture a scatter of short ones), their local mean and max, and the opposite
    polarity's (a crease is a bright ridge beside a dark shadow). The polarities are merged by the max.
-3. Components. Pixels above ``PIXEL_BAR`` are joined into 8-connected components; each is described by its
-   area, extent (bounding-box diagonal), mean width, mean and max probability, share of very likely pixels,
-   mean tone's distance from mid-grey and tone spread inside (``component_features``), and a third small
-   perceptron scores it: a long coherent curve or a compact speck of uniform tone is damage, a stray
-   fragment of texture or an object edge is not. Components scoring above the bar are the mask.
+3. Components. Pixels above ``PIXEL_BAR`` are joined into 8-connected components. A component is damage
+   when its pixels' mean probability is above ``MEAN_BAR`` (a defect is likely all along; a fragment of
+   texture or an object edge has a few likely pixels in a long fringe of doubtful ones), its most likely
+   pixel above ``PEAK_BAR`` and its area at least ``MIN_AREA``.
 
 The perceptrons are trained by ``tools/train_repair_detector.py`` on synthetic damage (tools/damage.py)
-drawn on photos and seeds that the benchmark does not use; their parameters (about 1,000 numbers) are plain
-numbers in ``detector_weights.json``, evaluated here with numpy.
+drawn on photos and seeds that the benchmark does not use; their parameters (about 1,200 numbers) are plain
+numbers in ``detector_weights.json``, evaluated here with numpy. The bars of step 3 were set on damage seeds
+the benchmark does not use (tools/repair_tune.py).
 
-The sensitivity moves the component bar in log-odds (0.5 = probability 0.5, as trained); ``mode=force``
-repairs components down to ``CANDIDATE_SHIFT`` log-odds below it. Components longer than ``LINE_EXTENT``
-count as lines (scratches, creases, hairs), the others as specks (dust, spots); the kinds params keep one
-or both.
+The sensitivity moves the mean bar in log-odds (``SENSITIVITY_LOGODDS`` per 0.5 of sensitivity);
+``mode=force`` repairs components down to ``CANDIDATE_SHIFT`` log-odds below it. Components longer than
+``LINE_EXTENT`` count as lines (scratches, creases, hairs), the others as specks (dust, spots); the kinds
+params keep one or both.
 """
 from __future__ import annotations
 
@@ -43,9 +43,11 @@ import numpy as np
 
 WEIGHTS_PATH = Path(__file__).with_name("detector_weights.json")
 PIXEL_BAR = 0.3            # probability: a pixel joins a candidate component above it
-VERY_LIKELY = 0.7          # probability: a component's share of pixels above it is one of its features
+MEAN_BAR = 0.8             # probability: a component is damage when its pixels' mean is above it ...
+PEAK_BAR = 0.9             # ... and its most likely pixel above this
+MIN_AREA = 5               # px: smaller components are noise (a speck of 1 px radius covers 5)
 LINE_EXTENT = 25.0         # px: a component with a longer bounding-box diagonal is a line, else a speck
-SENSITIVITY_LOGODDS = 2.0  # log-odds the component bar moves per 0.5 of sensitivity
+SENSITIVITY_LOGODDS = 2.0  # log-odds the mean bar moves per 0.5 of sensitivity
 CANDIDATE_SHIFT = 1.0      # log-odds: force mode also repairs components this far below the bar
 LEVEL_BLOCK = 16
 LINE_LEVEL_BLOCK = 32
@@ -91,8 +93,6 @@ PIXEL_FEATURES = ("tophat5", "tophat9", "tophat15", "line21", "line21_least", "m
                   "ridge1", "along1", "ridge2", "along2", "texture", "line_texture", "std15", "tone",
                   "line41", "sharpness")
 CONTEXT_FEATURES = ("p", "p_along21", "p_along21_least", "p_along41", "p_mean9", "p_max5", "other_p_max5")
-COMPONENT_FEATURES = ("log_area", "log_extent", "width", "mean_p", "max_p", "likely_share", "extremeness",
-                      "tone_spread")
 
 
 def block_level(values: np.ndarray, block: int) -> np.ndarray:
@@ -211,25 +211,17 @@ def context_features(own: np.ndarray, other: np.ndarray) -> list[np.ndarray]:
             cv2.dilate(other, _SQUARE5)]
 
 
-def component_features(probability: np.ndarray, luma: np.ndarray) -> tuple[int, np.ndarray, np.ndarray,
-                                                                            np.ndarray]:
-    """Components of ``probability > PIXEL_BAR``: (count, labels, COMPONENT_FEATURES rows, extents)."""
+def components(probability: np.ndarray) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
+    """8-connected components of ``probability > PIXEL_BAR``: (count, labels, per-component measures)."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats((probability > PIXEL_BAR).astype(np.uint8),
                                                                connectivity=8)
-    area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
-    extent = np.hypot(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
+    area = stats[:, cv2.CC_STAT_AREA]
     flat = labels.ravel()
-    p = probability.ravel().astype(np.float64)
-    mean_p = np.bincount(flat, p, count) / area
-    max_p = np.zeros(count)
-    np.maximum.at(max_p, flat, p)
-    likely = np.bincount(flat, (p > VERY_LIKELY).astype(np.float64), count) / area
-    tone = luma.ravel().astype(np.float64)
-    mean_tone = np.bincount(flat, tone, count) / area
-    spread = np.sqrt(np.maximum(np.bincount(flat, tone * tone, count) / area - mean_tone ** 2, 0))
-    rows = np.stack([np.log(area), np.log1p(extent), area / np.maximum(extent, 1), mean_p, max_p, likely,
-                     np.abs(mean_tone - 127.5) / 127.5, spread / 50], axis=1)
-    return count, labels, rows, extent
+    p = probability.ravel()
+    peak = np.zeros(count, np.float32)
+    np.maximum.at(peak, flat, p)
+    return count, labels, {"area": area, "extent": np.hypot(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]),
+                           "mean": np.bincount(flat, p, count) / np.maximum(area, 1), "peak": peak}
 
 
 def load_weights(path: Path = WEIGHTS_PATH) -> dict:
@@ -289,19 +281,26 @@ def defect_probability(luma: np.ndarray, polarity: str = "both") -> np.ndarray:
     return merged
 
 
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
 def detect(luma: np.ndarray, *, sensitivity: float = 0.5, scratches: bool = True, dust: bool = True,
            polarity: str = "both") -> Detection:
     """Defects in a luminance plane (float32, 8-bit units)."""
     luma = np.ascontiguousarray(luma, np.float32)
     probability = defect_probability(luma, polarity)
-    count, labels, rows, extent = component_features(probability, luma)
-    logodds = _perceptron(_nets()["component"], rows.astype(np.float32))
-    bar = SENSITIVITY_LOGODDS * (1.0 - 2.0 * sensitivity)
-    is_line = extent >= LINE_EXTENT
-    wanted = (is_line & scratches) | (~is_line & dust)
+    count, labels, measures = components(probability)
+    # the bar on a component's mean probability, moved in log-odds by the sensitivity
+    bar = _logit(MEAN_BAR) + SENSITIVITY_LOGODDS * (1.0 - 2.0 * sensitivity)
+    mean = np.clip(measures["mean"], 1e-6, 1 - 1e-6)
+    score = np.log(mean / (1 - mean))
+    is_line = measures["extent"] >= LINE_EXTENT
+    wanted = ((is_line & scratches) | (~is_line & dust)) & (measures["peak"] > PEAK_BAR) \
+        & (measures["area"] >= MIN_AREA)
     wanted[0] = False
-    confident = wanted & (logodds > bar)
-    candidate = wanted & (logodds > bar - CANDIDATE_SHIFT)
+    confident = wanted & (score > bar)
+    candidate = wanted & (score > bar - CANDIDATE_SHIFT)
     mask = confident[labels]
     counts = {"lines": int((confident & is_line).sum()), "specks": int((confident & ~is_line).sum())}
     return Detection(mask=mask, candidates=candidate[labels] | mask, counts=counts)
