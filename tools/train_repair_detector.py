@@ -36,7 +36,6 @@ NEGATIVE_SHARE = 0.05
 PIXEL_HIDDEN = 16
 FIRST_SEEDS = (7000, 8000)
 CONTEXT_SEEDS = (7500, 8500)
-COMPONENT_SEEDS = (9000, 9500, 9200, 9700)
 
 
 def training_photos() -> dict[str, np.ndarray]:

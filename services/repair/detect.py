@@ -130,53 +130,61 @@ def _max_opening(values: np.ndarray, kernels: list[np.ndarray]) -> tuple[np.ndar
     return most, least
 
 
+def _log(values: np.ndarray) -> np.ndarray:
+    """log1p of the positive part, in half precision (feature maps)."""
+    return np.log1p(np.maximum(values, 0)).astype(np.float16)
+
+
 def _signed_log(values: np.ndarray) -> np.ndarray:
     return np.sign(values) * np.log1p(np.abs(values))
 
 
 def pixel_features(luma: np.ndarray, signs: tuple[int, ...] = (1, -1)) -> dict[int, tuple[list[np.ndarray],
                                                                                        np.ndarray]]:
-    """Per polarity (+1 bright, -1 dark): (the PIXEL_FEATURES maps, float32, log-compressed; active pixels).
+    """Per polarity (+1 bright, -1 dark): (the PIXEL_FEATURES maps, log-compressed; active pixels).
 
     Only active pixels - at least ACTIVE_CONTRAST off the 15-px top-hat background - are scored: the others
     cannot be a defect of that polarity, and skipping them halves the perceptron's work.
 
     Contrasts go through log1p so that the perceptron works on ratios (contrast against texture level).
+    The maps are kept in half precision, plenty for log-compressed values, to halve the memory they hold.
     """
     luma = np.ascontiguousarray(luma, np.float32)
     luma8 = np.clip(luma + 0.5, 0, 255).astype(np.uint8)
-    median11 = cv2.medianBlur(luma8, 11).astype(np.float32)
-    median5 = cv2.medianBlur(luma8, 5).astype(np.float32)
     mean15 = cv2.blur(luma, (15, 15))
-    std15 = np.sqrt(np.maximum(cv2.blur(luma * luma, (15, 15)) - mean15 * mean15, 0))
+    std15 = _log(np.sqrt(np.maximum(cv2.blur(luma * luma, (15, 15)) - mean15 * mean15, 0)))
+    del mean15
     hessians = [_hessian(luma, sigma) for sigma in (1.0, 2.0)]
     gx = cv2.Sobel(luma, cv2.CV_32F, 1, 0, ksize=1) / 2
     gy = cv2.Sobel(luma, cv2.CV_32F, 0, 1, ksize=1) / 2
-    sharpness = cv2.dilate(np.sqrt(gx * gx + gy * gy), _SQUARE3)
-    tophats = {}
-    for sign in (1, -1):
-        operation = cv2.MORPH_OPEN if sign > 0 else cv2.MORPH_CLOSE
-        tophats[sign] = [sign * (luma - cv2.morphologyEx(luma, operation, disc)) for disc in _DISCS]
+    sharpness = _log(cv2.dilate(np.sqrt(gx * gx + gy * gy), _SQUARE3))
+    del gx, gy
+    backgrounds = {1: cv2.MORPH_OPEN, -1: cv2.MORPH_CLOSE}
     # texture of both polarities: a dark-on-bright pattern is as busy as a bright-on-dark one
-    texture = cv2.dilate(block_level(tophats[1][1] + tophats[-1][1], LEVEL_BLOCK), _SQUARE3)
-    log = lambda values: np.log1p(np.maximum(values, 0))       # noqa: E731
+    texture9 = sum(sign * (luma - cv2.morphologyEx(luma, backgrounds[sign], _DISCS[1])) for sign in (1, -1))
+    texture = _log(cv2.dilate(block_level(texture9, LEVEL_BLOCK), _SQUARE3))
+    del texture9
     out = {}
     for sign in signs:
-        tophat5, tophat9, tophat15 = tophats[sign]
+        tophat5, tophat9, tophat15 = (sign * (luma - cv2.morphologyEx(luma, backgrounds[sign], disc))
+                                      for disc in _DISCS)
         # a one-pixel digital curve holds no straight digital segment: thicken it before the line openings
         thick = cv2.dilate(tophat15, _SQUARE3)
         line21, line21_least = _max_opening(thick, _LINES21)
         line41, _ = _max_opening(thick, _LINES41)
+        del thick
         line_texture = block_level(line21, LINE_LEVEL_BLOCK)
-        maps = [log(tophat5), log(tophat9), log(tophat15), log(line21), log(line21_least),
-                log(sign * (luma - median11)), log(sign * (luma - median5))]
+        maps = [_log(tophat5), _log(tophat9), _log(tophat15), _log(line21), _log(line21_least),
+                _log(sign * (luma - cv2.medianBlur(luma8, 11))), _log(sign * (luma - cv2.medianBlur(luma8, 5)))]
+        active = tophat15 > ACTIVE_CONTRAST
+        del tophat5, tophat9, tophat15, line21, line21_least
         for smaller, larger in hessians:
             # a bright ridge curves down strongly across (smaller eigenvalue < 0) and little along it
             across, along = (-smaller, larger) if sign > 0 else (larger, -smaller)
-            maps += [log(across), _signed_log(along)]
-        tone = luma if sign > 0 else 255 - luma
-        maps += [log(texture), log(line_texture), log(std15), tone / np.float32(255), log(line41), log(sharpness)]
-        out[sign] = ([m.astype(np.float32, copy=False) for m in maps], tophat15 > ACTIVE_CONTRAST)
+            maps += [_log(across), _signed_log(along).astype(np.float16)]
+        tone = (luma if sign > 0 else 255 - luma) / np.float32(255)
+        maps += [texture, _log(line_texture), std15, tone.astype(np.float16), _log(line41), sharpness]
+        out[sign] = (maps, active)
     return out
 
 
@@ -193,7 +201,7 @@ def pixel_probability(net: dict, maps: list[np.ndarray], active: np.ndarray) -> 
     flat_maps = [m.ravel() for m in maps]
     for start in range(0, where.size, PIXEL_CHUNK):
         index = where[start:start + PIXEL_CHUNK]
-        rows = np.stack([m[index] for m in flat_maps], axis=1)
+        rows = np.stack([m[index] for m in flat_maps], axis=1).astype(np.float32)
         out.ravel()[index] = 1 / (1 + np.exp(-np.clip(_perceptron(net, rows), -30, 30)))
     return out
 
@@ -207,8 +215,9 @@ def context_features(own: np.ndarray, other: np.ndarray) -> list[np.ndarray]:
     """
     along21, least21 = _max_opening(own, _LINES21)
     along41, _ = _max_opening(own, _LINES41)
-    return [own, along21, least21, along41, cv2.blur(own, (9, 9)), cv2.dilate(own, _SQUARE5),
+    maps = [own, along21, least21, along41, cv2.blur(own, (9, 9)), cv2.dilate(own, _SQUARE5),
             cv2.dilate(other, _SQUARE5)]
+    return [m.astype(np.float16) for m in maps]
 
 
 def components(probability: np.ndarray) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
@@ -276,8 +285,9 @@ def defect_probability(luma: np.ndarray, polarity: str = "both") -> np.ndarray:
     merged = None
     for sign in signs:
         context = context_features(first[sign], first[-sign])
-        p = pixel_probability(nets["context_" + _NAMES[sign]], maps[sign] + context, active[sign])
+        p = pixel_probability(nets["context_" + _NAMES[sign]], maps.pop(sign) + context, active[sign])
         merged = p if merged is None else np.maximum(merged, p)
+        del context
     return merged
 
 
