@@ -7,7 +7,9 @@ the matching entry: upscale x4 and "enhance" cost very different amounts per meg
 ``seconds_per_mp`` (total seconds / total megapixels of the recent requests, null before the first) and adds
 a fit ``seconds = seconds_per_request + seconds_per_mp_fit * megapixels``, because small photos are
 dominated by a fixed cost per request (decode, encode, model warm-up) that a plain ratio would spread over
-their few pixels.
+their few pixels. A stage whose cost depends on what it decides for a photo (deblur: milliseconds for a sharp
+one, the network for a motion-blurred one) also records each request under its decision (``by_decision``),
+which a caller can ask for beforehand (``POST /decide``).
 """
 from __future__ import annotations
 
@@ -59,11 +61,13 @@ class Throughput:
         self.to_skip = skip_first
         self.recent: deque[tuple[float, float, str | None]] = deque(maxlen=size)
         self.by_params: OrderedDict[tuple[str, str | None], deque[tuple[float, float]]] = OrderedDict()
+        self.by_decision: OrderedDict[str, deque[tuple[float, float]]] = OrderedDict()
         self.lock = threading.Lock()
 
     def record(self, seconds: float, megapixels: float, params: dict[str, Any] | None = None,
-               kind: str | None = None) -> None:
-        """One finished request; ``kind``: "gray" or "color" input (None: not known)."""
+               kind: str | None = None, decision: str | None = None) -> None:
+        """One finished request; ``kind``: "gray" or "color" input (None: not known); ``decision``: what the
+        stage decided for it, where its cost depends on that."""
         if not (seconds >= 0 and megapixels >= 0):
             return
         sample = (float(seconds), float(megapixels))
@@ -79,13 +83,21 @@ class Throughput:
                 self.by_params[key] = entry
                 while len(self.by_params) > self.param_sets:
                     self.by_params.popitem(last=False)
+            if decision is not None:
+                entry = self.by_decision.pop(decision, None) or deque(maxlen=self.size)
+                entry.append(sample)
+                self.by_decision[decision] = entry
+                while len(self.by_decision) > self.param_sets:
+                    self.by_decision.popitem(last=False)
 
     def report(self) -> dict[str, Any]:
         with self.lock:
             recent = list(self.recent)
             by_params = {key: list(samples) for key, samples in self.by_params.items()}
+            by_decision = {key: list(samples) for key, samples in self.by_decision.items()}
         kinds = sorted({kind for _, _, kind in recent if kind})
         return {**summarize([(s, mp) for s, mp, _ in recent]),
                 "by_input": {kind: summarize([(s, mp) for s, mp, k in recent if k == kind]) for kind in kinds},
                 "by_params": [{"params": json.loads(key), "input": kind, **summarize(samples)}
-                              for (key, kind), samples in by_params.items()]}
+                              for (key, kind), samples in by_params.items()],
+                "by_decision": {decision: summarize(samples) for decision, samples in by_decision.items()}}

@@ -80,3 +80,21 @@ def test_info_reports_recent_process_requests(stack):
     bad = httpx.post(url + "/process", files={"image": ("a.jpg", b"not an image")}, timeout=30)
     assert 400 <= bad.status_code < 500
     assert httpx.get(url + "/info", timeout=30).json()["throughput"]["samples"] == after["samples"]
+
+
+def test_decisions_are_recorded_apart_and_priced_apart():
+    throughput = Throughput(param_sets=2)
+    for _ in range(3):
+        throughput.record(0.05, 1.0, {"mode": "auto"}, "color", "sharp")
+        throughput.record(40.0, 1.0, {"mode": "auto"}, "color", "motion")
+    report = throughput.report()
+    assert report["by_decision"]["sharp"]["samples"] == 3
+    params = {"mode": "auto"}
+    assert estimate.step_seconds(report, params, 2.0, "color", "sharp") == pytest.approx(0.1)
+    assert estimate.step_seconds(report, params, 2.0, "color", "motion") == pytest.approx(80.0)
+    # no decision known (or none recorded for it): the mixed record, as before
+    assert estimate.step_seconds(report, params, 2.0, "color") == pytest.approx(40.05)
+    assert estimate.step_seconds(report, params, 2.0, "color", "defocus") == pytest.approx(40.05)
+    for name in ("a", "b", "c"):   # bounded like the parameter sets
+        throughput.record(1.0, 1.0, None, None, name)
+    assert list(throughput.report()["by_decision"]) == ["b", "c"]
