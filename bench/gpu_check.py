@@ -146,6 +146,38 @@ def network_rows(weights: Path, device: str) -> list[dict]:
     return rows
 
 
+def maxim_variants(weights: Path, device: str) -> list[dict]:
+    """MAXIM-3S on one 1024x1024 window: fp32, fp16 autocast (what the runner does on CUDA) and the whole
+    network in fp16 (weights too, as the runner does with bf16 on CPUs): speed and distance from fp32."""
+    import copy
+
+    import torch
+
+    from services.deblur.maxim_runner import load_maxim
+    path = weights / "maxim_3s_gopro.fp16.safetensors"
+    if not path.exists():
+        return []
+    model = load_maxim(path).to(device).eval()
+    x = torch.from_numpy(photo(1024, 1024)[None].copy()).to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    half = copy.deepcopy(model).half()
+
+    def run(net, autocast: bool, dtype=torch.float32):
+        def call():
+            with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.float16, enabled=autocast):
+                return net(x.to(dtype)).float().cpu().numpy()
+        return call
+    rows, reference = [], None
+    for label, call in (("fp32", run(model, False)), ("fp16 autocast", run(model, True)),
+                        ("fp16 weights", run(half, False, torch.float16))):
+        seconds, out = timed(call, sync)
+        reference = out if reference is None else reference
+        rows.append({"maxim 1024x1024": label, "s_per_mp": round(seconds / 1.048576, 4),
+                     "psnr_vs_fp32": round(psnr(out, reference), 2), "finite": bool(np.isfinite(out).all())})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def stage_row(weights: Path, device: str) -> dict:
     """The upscale stage as the service runs it (registry, precision rule, tiler), x4 on a 1 MP photo."""
     os.environ["RESTORE_MODEL_DIR"] = str(weights)
@@ -191,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     where = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
     print(f"machine: {where}; torch {torch.__version__}", flush=True)
     report = {"device": where, "networks": network_rows(args.weights, args.device),
-              "stage": stage_row(args.weights, args.device)}
+              "maxim": maxim_variants(args.weights, args.device), "stage": stage_row(args.weights, args.device)}
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
     return 0

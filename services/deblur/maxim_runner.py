@@ -174,10 +174,11 @@ class MaximRunner(LoadedModel):
         super().__init__(spec, device, precision or choose_precision(device))
         # The network keeps activations NHWC; convolution weights in channels_last match them (no reorder).
         model = model.to(memory_format=torch.channels_last)
-        # bf16 on a CPU: the weights themselves in bf16, no autocast. Autocast casts every weight on every
-        # call and the activations back and forth around each op; bench/deblur.py prints the gain and the
-        # distance from fp32 (layer norms still accumulate in fp32 inside the kernel).
-        self.weights_dtype = torch.bfloat16 if self.precision == "bf16" and device == "cpu" else None
+        # bf16 (CPU) and fp16 (CUDA): the weights themselves in that type, no autocast. Autocast casts every
+        # weight on every call and the activations back and forth around each op; bench/deblur.py and
+        # bench/gpu_check.py print the gain and the distance from fp32 (layer norms still accumulate in
+        # fp32 inside the kernels).
+        self.weights_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         wanted = self.weights_dtype or torch.float32
         if next(model.parameters()).dtype != wanted:
             # a copy: the caller's module may serve another runner (tests and benchmarks compare precisions)
@@ -194,15 +195,8 @@ class MaximRunner(LoadedModel):
 
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
         check = ctx.check_aborted if ctx is not None else None
-        if self.weights_dtype is not None:
-            with torch.inference_mode():
-                out = self.model(x.to(self.weights_dtype), check=check)
-        else:
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-            device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-            with torch.inference_mode(), torch.autocast(device_type, dtype=dtype or torch.float32,
-                                                        enabled=dtype is not None):
-                out = self.model(x, check=check)
+        with torch.inference_mode():
+            out = self.model(x.to(self.weights_dtype or torch.float32), check=check)
         result = out.float().cpu().numpy()
         del out
         release_free_memory()
