@@ -27,27 +27,35 @@ def params_key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, separators=(",", ":"))
 
 
+HALF_LIFE = 4             # requests: a sample this many requests old counts half as much as the newest
+
+
 def summarize(samples) -> dict[str, Any]:
-    """{"seconds_per_mp", "samples", "seconds_per_request", "seconds_per_mp_fit"} of (seconds, mp) pairs."""
+    """{"seconds_per_mp", "samples", "seconds_per_request", "seconds_per_mp_fit"} of (seconds, mp) pairs, oldest
+    first. Newer samples weigh more (half as much every ``HALF_LIFE`` requests back): the machine's load
+    changes, and an estimate should follow what the stage does now, not what it did many requests ago."""
     n = len(samples)
     if n == 0:
         return {"seconds_per_mp": None, "samples": 0, "seconds_per_request": None, "seconds_per_mp_fit": None}
-    total_s = sum(s for s, _ in samples)
-    total_mp = sum(mp for _, mp in samples)
+    weights = [0.5 ** ((n - 1 - i) / HALF_LIFE) for i in range(n)]
+    weight = sum(weights)
+    total_s = sum(w * s for w, (s, _) in zip(weights, samples))
+    total_mp = sum(w * mp for w, (_, mp) in zip(weights, samples))
     ratio = total_s / total_mp if total_mp > 0 else None
     if total_mp <= 0:
-        return {"seconds_per_mp": None, "samples": n, "seconds_per_request": total_s / n, "seconds_per_mp_fit": 0.0}
+        return {"seconds_per_mp": None, "samples": n, "seconds_per_request": total_s / weight,
+                "seconds_per_mp_fit": 0.0}
     sizes = [mp for _, mp in samples if mp > 0]
     fixed = 0.0
     # The fixed cost is only told apart from the per-megapixel cost when the sizes differ a lot; then it is
-    # the least-squares intercept, kept between 0 and the fastest request (content and load make single
-    # requests noisy, and a wild intercept would price a small photo like a big one).
+    # the weighted least-squares intercept, kept between 0 and the fastest request (content and load make
+    # single requests noisy, and a wild intercept would price a small photo like a big one).
     if len(sizes) >= 2 and max(sizes) >= 3 * min(sizes):
-        mean_mp, mean_s = total_mp / n, total_s / n
-        spread = sum((mp - mean_mp) ** 2 for _, mp in samples)
-        slope_fit = sum((mp - mean_mp) * (s - mean_s) for s, mp in samples) / spread
+        mean_mp, mean_s = total_mp / weight, total_s / weight
+        spread = sum(w * (mp - mean_mp) ** 2 for w, (_, mp) in zip(weights, samples))
+        slope_fit = sum(w * (mp - mean_mp) * (s - mean_s) for w, (s, mp) in zip(weights, samples)) / spread
         fixed = min(max(0.0, mean_s - slope_fit * mean_mp), min(s for s, _ in samples))
-    slope = max(0.0, (total_s - n * fixed) / total_mp)
+    slope = max(0.0, (total_s - weight * fixed) / total_mp)
     return {"seconds_per_mp": ratio, "samples": n, "seconds_per_request": fixed, "seconds_per_mp_fit": slope}
 
 
