@@ -18,7 +18,7 @@ Speed: seconds per megapixel, each configuration in a fresh subprocess so its pe
 DeblurGAN-v2 on the astronaut (``--speed-size``; random weights where the official ones are not installed:
 speed does not depend on the values). MAXIM on a 384x512 photo: the baseline is the old path, one ONNX
 Runtime fp32 run on the whole photo (the TF -> ONNX reference of ``python -m tools.maxim_reference``);
-then our PyTorch port through the service's runner (its tile plan) in fp32 and in bf16 autocast, with
+then our PyTorch port through the service's runner (its tile plan) in fp32 and in bf16 (bf16 weights, no autocast), with
 the ratio of pixels processed to the photo's, the speed-up over ONNX Runtime and PSNR against the torch
 fp32 output. Then the served precision on a 2 MP photo (``--no-2mp`` skips it): s/MP, tile ratio, peak RSS.
 Goals (issue 10): >= 3x faster than ONNX Runtime, >= 45 dB from fp32, peak RSS <= 1.5 GB at 2 MP, pixels
@@ -310,7 +310,7 @@ def speed(args) -> None:
     else:
         print(f"(ONNX Runtime baseline skipped: no reference model; build it with {BUILD_COMMAND})")
     rows += [("maxim 384x512: torch fp32 (service tiling)", dict(base_spec, model=MAXIM, precision="fp32")),
-             ("maxim 384x512: torch bf16 autocast (service tiling)", dict(base_spec, model=MAXIM, precision="bf16"))]
+             ("maxim 384x512: torch bf16 weights (service tiling)", dict(base_spec, model=MAXIM, precision="bf16"))]
     results, outputs = {}, {}
     for label, spec in rows:
         results[label] = run_worker(dict(spec, save=str(tmp / "out.npy")))

@@ -6,11 +6,11 @@ POST /v1/restore (simple mode), POST /v1/pipeline (advanced), POST /v1/finish (i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import re
-from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -44,7 +44,7 @@ def finish_slots(settings: Settings) -> int:
     return max(1, settings.finish_memory_budget_mb * 1024 * 1024 // per_request)
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def lifespan(app: FastAPI):
     settings = SETTINGS
     client = StageClient(settings)
@@ -268,6 +268,37 @@ async def create_job(request: Request):
     steps = await steps_from_fields(request, mode, fields)
     status = await run_in_threadpool(request.app.state.jobs.submit, mode, steps, data)
     return JSONResponse(status, status_code=202, headers={"Location": f"/v1/jobs/{status['id']}"})
+
+
+DECISIONS = {"type": "object", "required": ["decisions"], "properties": {"decisions": {
+    "type": "object", "additionalProperties": {"type": "string"},
+    "description": "step -> what its stage would decide for this photo (e.g. deblur: sharp, defocus, motion)"}}}
+
+
+@app.post("/v1/decisions", response_class=JSONResponse, openapi_extra=endpoint_openapi(
+    {"mode": {**STRING, "enum": ["simple", "advanced"], "default": "simple"}, **SIMPLE_BODY, **ADVANCED_BODY},
+    {"description": "what the content-dependent steps would decide", "content": {"application/json": {
+        "schema": DECISIONS}}},
+    (400, 413, 415, 422, 500, 502)))
+async def decisions(request: Request):
+    """What the steps whose work depends on the photo would decide for it (deblur: sharp, defocus or motion),
+    without running anything: for a time estimate before a run (a sharp photo skips the network). Steps whose
+    stage is down or cannot tell are left out."""
+    data, fields = await read_multipart(request, request.app.state.settings.input_upload_limit)
+    mode = fields.pop("mode", "simple")
+    if mode not in ("simple", "advanced"):
+        raise InvalidParams("'mode' must be simple or advanced", field="mode")
+    reject_unknown_fields(fields, known_fields(mode))
+    await run_in_threadpool(verify_upload, data, request.app.state.settings.max_pixels)
+    steps = await steps_from_fields(request, mode, fields)
+    client: StageClient = request.app.state.client
+    deciding = []
+    for step in steps:
+        with contextlib.suppress(StageError):
+            if (await client.info(step.service)).get("decides"):
+                deciding.append(step)
+    answers = await asyncio.gather(*(client.decide(step.service, data, step.params) for step in deciding))
+    return {"decisions": {step.name: answer for step, answer in zip(deciding, answers) if answer is not None}}
 
 
 def checked_job_id(job_id: str) -> str:

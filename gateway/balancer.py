@@ -98,8 +98,10 @@ class ReplicaSet:
             if not candidates:  # every replica failed lately: try the ones not yet tried by this request
                 candidates = [r for r in self._replicas.values() if r.url not in exclude] or \
                              list(self._replicas.values())
-            fewest = min(r.outstanding for r in candidates)
-            tied = [r for r in candidates if r.outstanding == fewest]
+            # fewest in flight; among those the one that has served least (short requests finish before the
+            # next arrives, so in-flight counts alone tie all the time), then in turn
+            fewest = min((r.outstanding, r.served) for r in candidates)
+            tied = [r for r in candidates if (r.outstanding, r.served) == fewest]
             replica = tied[next(self._turn) % len(tied)]
             replica.outstanding += 1
             replica.served += 1

@@ -158,6 +158,20 @@ class StageClient:
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             return None
 
+    async def decide(self, service: str, image: bytes, params: dict) -> str | None:
+        """What the stage would decide for ``image`` (POST /decide); None when it cannot say (down, slow, or
+        an answer without a decision): an estimate then does without it."""
+        replica = self.replicas[service].acquire()
+        self.replicas[service].release(replica)  # a short call: balanced, but not counted as load
+        try:
+            response = await self.http.post(
+                replica.url + "/decide", files={"image": ("image", image, "application/octet-stream")},
+                data={"params": json.dumps(params)}, timeout=self._timeout(service))
+            decision = response.json().get("decision") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return decision if isinstance(decision, str) else None
+
     async def get_json(self, service: str, path: str) -> dict:
         """A stage's /health or /info; a stage silent for STAGE_HEALTH_TIMEOUT_S counts as down."""
         replica = self.replicas[service].acquire()

@@ -239,6 +239,9 @@ class StageContext:
 
     def __init__(self) -> None:
         self.response_headers: dict[str, str] = {}
+        # what a content-dependent stage decided for this picture ("sharp", "motion", ...): its cost
+        # depends on it, so its throughput is recorded per decision
+        self.decision: str | None = None
         self._progress = 0.0
         self._aborted = threading.Event()
         self._abort_callbacks: list[Callable[[], None]] = []

@@ -73,11 +73,19 @@ def endpoint_openapi(fields: dict[str, dict[str, Any]], ok: dict[str, Any], erro
             "responses": {str(ok_status): ok, **error_responses(errors)}}
 
 
+PARAMS_FIELD = {"type": "string", "description": "JSON object of the stage's parameters (see /info)",
+                "example": "{}"}
 STAGE_PROCESS_OPENAPI = endpoint_openapi(
-    {"params": {"type": "string", "description": "JSON object of the stage's parameters (see /info)",
-                "example": "{}"}},
+    {"params": PARAMS_FIELD},
     image_response("the processed image (lossless PNG) with X-Process-Time-Ms and X-Image-Size"),
     (400, 413, 415, 422, 500, 503))
+STAGE_DECIDE_OPENAPI = endpoint_openapi(
+    {"params": PARAMS_FIELD},
+    {"description": "what /process would decide for this image",
+     "content": {"application/json": {"schema": {
+         "type": "object", "required": ["stage", "decision"],
+         "properties": {"stage": {"type": "string"}, "decision": {"type": "string"}}}}}},
+    (400, 413, 415, 422, 500))
 
 
 def allowed_methods(app: FastAPI, scope: dict) -> list[str]:

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from .contract import (PROCESS_TIME_HEADER, Aborted, Param, StageContext, params_schema, parse_params_json,
                        validate_params)
 from .imaging import Picture, accepts_raster, decode_any, encode_for, is_grayscale
-from .openapi import STAGE_PROCESS_OPENAPI, install_error_handlers
+from .openapi import STAGE_DECIDE_OPENAPI, STAGE_PROCESS_OPENAPI, install_error_handlers
 from .settings import StageSettings, cached_settings
 from .throughput import Throughput
 from .upload import read_multipart, reject_unknown_fields
@@ -50,6 +50,8 @@ class Stage:
     # a stage without models is always ready; a model stage is ready when one model is usable
     needs_model: bool = False
     extra_info: Callable[[], dict[str, Any]] = field(default=lambda: {})
+    # a stage whose cost depends on the photo: what it would decide for it (cheap), served as POST /decide
+    decide: Callable[[Picture, dict], str] | None = None
 
     def ready(self) -> bool:
         return not self.needs_model or any(m.get("available") for m in self.models().values())
@@ -80,7 +82,7 @@ def create_stage_app(stage: Stage) -> FastAPI:
         default = next((n for n, m in models.items() if m.get("default")), None)
         return {"stage": stage.name, "description": stage.description, "params": params_schema(stage.params),
                 "models": models, "default_model": default, "max_input_pixels": stage.input_limit(),
-                "throughput": throughput.report(), **stage.extra_info()}
+                "throughput": throughput.report(), "decides": stage.decide is not None, **stage.extra_info()}
 
     requests = RequestTracker()
 
@@ -112,11 +114,25 @@ def create_stage_app(stage: Stage) -> FastAPI:
             raise
         finally:
             requests.finish(request_id, outcome)
-        throughput.record(time.perf_counter() - started, seen["megapixels"], params, seen["kind"])
+        throughput.record(time.perf_counter() - started, seen["megapixels"], params, seen["kind"], ctx.decision)
         headers = {PROCESS_TIME_HEADER: f"{(time.perf_counter() - started) * 1000:.1f}",
                    "X-Image-Size": f"{result.width}x{result.height}", REQUEST_ID_HEADER: request_id,
                    "Vary": "Accept", **ctx.response_headers}
         return Response(memoryview(body), media_type=media_type, headers=headers)
+
+    if stage.decide is not None:
+        decide = stage.decide
+
+        @app.post("/decide", openapi_extra=STAGE_DECIDE_OPENAPI)
+        async def decide_endpoint(request: Request):
+            """What ``/process`` would decide for this image with these params (for time estimates), without
+            processing it. Not queued behind ``/process``: the measure is cheap."""
+            image_bytes, params = await read_process_form(request, settings.upload_limit())
+            values = validate_params(stage.params, params)
+
+            def measure() -> str:
+                return decide(decode_any(image_bytes, None, stage.input_limit()), values)
+            return {"stage": stage.name, "decision": await run_in_threadpool(measure)}
 
     return app
 

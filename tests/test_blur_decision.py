@@ -140,3 +140,38 @@ def test_gateway_simple_mode_reports_the_deblur_decision(stack):
     assert response.headers["X-Deblur-Decision"] == SHARP
     assert json.loads(response.headers["X-Deblur-Blur"])["kind"] == SHARP
     assert "deblur" in response.headers["X-Stages-Run"].split(",")
+
+
+def test_decide_endpoints_say_what_deblur_will_do_without_doing_it(stack):
+    """The stage's POST /decide and the gateway's /v1/decisions (the UI prices a run with them) give the
+    decision /process then takes, and /info's throughput records it apart."""
+    sharp = quantise(crop())
+    blurred = quantise(motion(sharp, 15, 30))
+    deblur = stack.url("deblur")
+    assert httpx.get(deblur + "/info", timeout=30).json()["decides"] is True
+    for rgb, expected in ((sharp, SHARP), (blurred, MOTION)):
+        png = encode_png(Picture(rgb=rgb))
+        answer = httpx.post(deblur + "/decide", files={"image": ("p.png", png)},
+                            data={"params": json.dumps({"mode": "auto"})}, timeout=60)
+        assert answer.status_code == 200 and answer.json() == {"stage": "deblur", "decision": expected}
+        through_gateway = httpx.post(stack.url("gateway") + "/v1/decisions", files={"image": ("p.png", png)},
+                                     data={"mode": "simple", "upscale": "none"}, timeout=60)
+        assert through_gateway.status_code == 200, through_gateway.text
+        assert through_gateway.json()["decisions"] == {"deblur": expected}
+    forced = httpx.post(deblur + "/decide", files={"image": ("p.png", encode_png(Picture(rgb=sharp)))},
+                        data={"params": json.dumps({"mode": "force"})}, timeout=60)
+    assert forced.json()["decision"] == "force"
+    # /process records its request under the decision it took
+    assert post_deblur(stack, sharp, {"mode": "auto"}).headers["X-Deblur-Decision"] == SHARP
+    assert post_deblur(stack, sharp, {"mode": "auto"}).status_code == 200
+    record = httpx.get(deblur + "/info", timeout=30).json()["throughput"]["by_decision"]
+    assert record[SHARP]["samples"] >= 1
+    # bad input: 4xx JSON naming the problem, from both
+    bad = httpx.post(deblur + "/decide", files={"image": ("p.png", b"not an image")}, timeout=30)
+    assert 400 <= bad.status_code < 500 and bad.json()["error"]["code"]
+    bad = httpx.post(stack.url("gateway") + "/v1/decisions", files={"image": ("p.png", b"\x89PNG\r\n\x1a\nbroken")},
+                     timeout=30)
+    assert 400 <= bad.status_code < 500 and bad.json()["error"]["code"]
+    bad = httpx.post(stack.url("gateway") + "/v1/decisions", data={"mode": "simple", "upscale": "x99"},
+                     files={"image": ("p.png", encode_png(Picture(rgb=sharp)))}, timeout=30)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "upscale"

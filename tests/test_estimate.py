@@ -51,17 +51,17 @@ def run_job(http: httpx.Client, name: str, data: bytes) -> dict:
 
 
 def plan_for(http: httpx.Client, photo: photos.Photo) -> estimate.Plan:
+    """What the UI computes before Restore: the stages' throughput, priced per decision where the photo's
+    (deblur: sharp or motion-blurred) decides the cost."""
     stages = http.get("/v1/stages").json()
     usable = {s: service_state(stages, s)[0] for s in stages["services"]}
+    decisions = http.post("/v1/decisions", files={"image": (photo.name, photo.data)},
+                          data={"mode": "simple", "colorize": COLORIZE, "upscale": UPSCALE})
+    assert decisions.status_code == 200, decisions.text
     return estimate.plan(stages, estimate.simple_steps(stages, COLORIZE, UPSCALE), photo.size, usable,
-                         photos.input_kind(photo.data), Calibration.overhead)
+                         photos.input_kind(photo.data), Calibration.overhead, decisions.json()["decisions"])
 
 
-# Known gap (issue 15 stays open): deblur's cost depends on what it decides for each photo (milliseconds for a
-# sharp one, minutes of MAXIM for a motion-blurred one). After the suite's motion-blurred photos the
-# throughput mixes both and over-estimates ordinary photos by up to ~2x; on a stage that served ordinary
-# photos the estimate is within 1.5x (0.80-1.24x when this file runs alone).
-@pytest.mark.xfail(reason="throughput of content-dependent stages (deblur auto) mixes decisions", strict=False)
 def test_estimate_is_within_a_factor_of_1_5_of_the_real_time(stack, shared_images: Path):
     load = os.getloadavg()[0] / (os.cpu_count() or 1)
     if load > 3:     # other work on a saturated machine decides every timing, not the photo

@@ -187,13 +187,25 @@ def photo_kind(data: bytes) -> str | None:
     return photos.input_kind(data)
 
 
-def photo_plan(stages: dict | None, steps, photo: photos.Photo, mode: str) -> estimate.Plan | None:
+@st.cache_data(max_entries=64, show_spinner=False, ttl=600)
+def photo_decisions(url: str, data: bytes, name: str, fields_json: str) -> dict[str, str]:
+    """What the photo-dependent steps will decide for this photo (deblur: sharp, defocus or motion), asked
+    once per photo and choice: a sharp photo and a blurred one cost very different times."""
+    try:
+        return get_gateway(url).decisions(data, name, json.loads(fields_json))
+    except GatewayError:
+        return {}
+
+
+def photo_plan(stages: dict | None, steps, photo: photos.Photo, mode: str,
+               fields: dict[str, str] | None = None) -> estimate.Plan | None:
     size = photo.size
     if stages is None or size is None or not steps:
         return None
+    decisions = photo_decisions(gateway_url(), photo.data, photo.name, json.dumps(fields or {}, sort_keys=True))
     # simple mode skips a step that is not installed; advanced mode fails there instead
     return estimate.plan(stages, steps, size, usable_services(stages) if mode == "Simple" else None,
-                         photo_kind(photo.data), server_overhead()["value"])
+                         photo_kind(photo.data), server_overhead()["value"], decisions)
 
 
 def render_estimate(plans: list[estimate.Plan | None], count: int) -> None:
@@ -626,7 +638,7 @@ def main() -> None:
     fields, steps = simple_controls(stages) if mode == "Simple" else advanced_controls(stages)
     if mode == "Simple" and len(items) == 1 and not is_batch:
         fields = repair_review.review(gw, items[0], fields)
-    plans = [photo_plan(stages, steps, p, mode) for p in items]
+    plans = [photo_plan(stages, steps, p, mode, fields) for p in items] if fields is not None else []
     busy = bool(st.session_state.get("job")) or bool((st.session_state.get("batch") or {}).get("items")
                                                        and not st.session_state["batch"].get("finished"))
     if items and fields is not None:

@@ -2,7 +2,9 @@
 
 Before a run: the steps the gateway will send (the same params, so a stage's per-parameter-set entry
 matches), each with the size of the picture it will get (upscaling changes it), priced by the stage's fit
-``seconds_per_request + seconds_per_mp_fit * MP`` (or the plain ``seconds_per_mp``). While running: the
+``seconds_per_request + seconds_per_mp_fit * MP`` (or the plain ``seconds_per_mp``). Where a stage's cost
+depends on the photo (deblur: a sharp photo skips the network), the gateway's ``/v1/decisions`` says what it
+will decide and the stage's record for that decision prices it. While running: the
 estimate of what is left, rescaled by how the finished steps compared with their estimates, and following the
 running step's ``stage_progress`` when the job status has it.
 """
@@ -127,12 +129,13 @@ def _entry(throughput: dict, params: dict[str, Any], kind: str | None) -> dict:
 
 
 def step_seconds(throughput: dict | None, params: dict[str, Any], megapixels: float,
-                 kind: str | None = None) -> float | None:
+                 kind: str | None = None, decision: str | None = None) -> float | None:
     """Seconds for one step on ``megapixels`` of ``kind`` ("gray" / "color") input from a stage's throughput
-    report; None without data."""
+    report, from its record for ``decision`` when the stage will decide that; None without data."""
     if not throughput:
         return None
-    entry = _entry(throughput, params, kind)
+    decided = (throughput.get("by_decision") or {}).get(decision) if decision else None
+    entry = decided if decided and decided.get("samples") else _entry(throughput, params, kind)
     if not entry.get("samples"):
         return None
     if entry.get("seconds_per_mp_fit") is not None:
@@ -152,10 +155,12 @@ def ran_without_model(throughput: dict | None, params: dict[str, Any], megapixel
 
 def plan(stages: dict, steps: list[tuple[str, dict[str, Any]]], size: tuple[int, int],
          usable: dict[str, bool] | None = None, kind: str | None = None,
-         overhead: Overhead | None = None) -> Plan:
+         overhead: Overhead | None = None, decisions: dict[str, str] | None = None) -> Plan:
     """The estimate of each step for a photo of ``size`` (width, height) and ``kind`` ("gray" / "color").
     ``usable``: service -> ready; a step whose service is not ready is skipped (simple mode). ``overhead``:
-    what the gateway adds, from an earlier job (none known: the stages' times alone)."""
+    what the gateway adds, from an earlier job (none known: the stages' times alone). ``decisions``: step ->
+    what its stage will decide for this photo (``/v1/decisions``)."""
+    decisions = decisions or {}
     overhead = overhead or Overhead()
     out = Plan(extra=overhead.per_job)
     for step, params in steps:
@@ -171,7 +176,7 @@ def plan(stages: dict, steps: list[tuple[str, dict[str, Any]]], size: tuple[int,
                 seconds += overhead.per_step
             out.steps.append(StepEstimate(step, service, params, megapixels, seconds or 0.0, skipped=seconds is None))
             continue
-        seconds = step_seconds(throughput, params, megapixels, kind)
+        seconds = step_seconds(throughput, params, megapixels, kind, decisions.get(step))
         out.steps.append(StepEstimate(step, service, params, megapixels,
                                       None if seconds is None else seconds + overhead.per_step))
         size = output_size(step, params, size)

@@ -78,6 +78,17 @@ class Gateway:
         files = {"image": (filename, image, "application/octet-stream")}
         return self._call("POST", "/v1/jobs", files=files, data=fields).json()
 
+    def decisions(self, image: bytes, filename: str, fields: dict[str, str]) -> dict[str, str]:
+        """What the photo-dependent steps would decide for this photo (e.g. {"deblur": "sharp"}), for the
+        estimate; an older gateway without the endpoint gives none."""
+        files = {"image": (filename, image, "application/octet-stream")}
+        try:
+            return self._call("POST", "/v1/decisions", files=files, data=fields).json().get("decisions") or {}
+        except GatewayError as exc:
+            if exc.status in (404, 405):
+                return {}
+            raise
+
     def job(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}").json()
 

@@ -42,6 +42,7 @@ def deconvolve_defocus(picture: Picture, estimate: BlurEstimate, strength: float
 def decide(picture: Picture, strength: float, ctx: StageContext) -> AutoOutcome:
     """The auto decision for ``picture``; sets the decision headers on ``ctx``."""
     estimate = estimate_blur(picture.rgb, picture.alpha)
+    ctx.decision = estimate.kind
     ctx.set_header(DECISION_HEADER, estimate.kind)
     ctx.set_header(BLUR_HEADER, estimate.header())
     if estimate.kind == SHARP or strength == 0.0:

@@ -13,6 +13,7 @@ padded (reflect) to the next multiple of 64.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -42,15 +43,15 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # ------------------------------------------------------------------------------------------ precision
 
 
-def limit_heap_growth() -> None:
-    """Large blocks straight from mmap, returned to the OS when freed (glibc). By default glibc raises its
-    mmap threshold after each large free, so the network's many large, short-lived activations end up on
-    the heap, fragment it and keep the process's RSS near twice the memory actually in use."""
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc ``malloc_trim``), after each window: the network's
+    large, short-lived activations otherwise stay on a fragmented heap and keep the RSS near twice the
+    memory in use. (Sending them to mmap instead, M_MMAP_THRESHOLD, cost every allocation fresh zeroed
+    pages: bench/deblur.py measured it slower by half.)"""
     try:
         import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD = 4 MiB (setting it also stops the dynamic raise)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
 
 
@@ -64,7 +65,7 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def choose_precision(device: str) -> str:
-    """fp16 on CUDA, bf16 autocast on CPUs with native bf16, fp32 elsewhere; DEBLUR_PRECISION overrides."""
+    """fp16 on CUDA, bf16 on CPUs with native bf16, fp32 elsewhere; DEBLUR_PRECISION overrides."""
     wanted = load_settings(DeblurSettings).deblur_precision
     if wanted != "auto":
         if wanted not in PRECISIONS:
@@ -171,9 +172,18 @@ class MaximRunner(LoadedModel):
         if spec is None:
             from .models import MAXIM_SPEC as spec
         super().__init__(spec, device, precision or choose_precision(device))
-        limit_heap_growth()
         # The network keeps activations NHWC; convolution weights in channels_last match them (no reorder).
-        self.model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)
+        # bf16 (CPU) and fp16 (CUDA): the weights themselves in that type, no autocast. Autocast casts every
+        # weight on every call and the activations back and forth around each op; bench/deblur.py and
+        # bench/gpu_check.py print the gain and the distance from fp32 (layer norms still accumulate in
+        # fp32 inside the kernels).
+        self.weights_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        wanted = self.weights_dtype or torch.float32
+        if next(model.parameters()).dtype != wanted:
+            # a copy: the caller's module may serve another runner (tests and benchmarks compare precisions)
+            model = copy.deepcopy(model).to(wanted)
+        self.model = model
         if max_window_pixels is None:
             max_window_pixels = load_settings(DeblurSettings).deblur_max_window_pixels or int(
                 DEFAULT_MAX_WINDOW_PIXELS * (FP32_WINDOW_FACTOR if self.precision == "fp32" else 1.0))
@@ -184,13 +194,13 @@ class MaximRunner(LoadedModel):
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         check = ctx.check_aborted if ctx is not None else None
-        with torch.inference_mode(), torch.autocast(device_type, dtype=dtype or torch.float32,
-                                                    enabled=dtype is not None):
-            out = self.model(x, check=check)
-        return out.float().cpu().numpy()
+        with torch.inference_mode():
+            out = self.model(x.to(self.weights_dtype or torch.float32), check=check)
+        result = out.float().cpu().numpy()
+        del out
+        release_free_memory()
+        return result
 
     def forward(self, image: np.ndarray, ctx=None) -> np.ndarray:
         """LoadedModel: one padded H x W x 3 window (sides multiples of 64)."""

@@ -16,6 +16,7 @@ from shared.tiling import process_tiled
 from shared.settings import cached_settings
 
 from .blur_auto import decide
+from .blur_estimate import estimate_blur
 from .models import INCEPTION, MAXIM, MOBILENET, MODEL_FILES, SPECS, DeblurModels
 from .settings import DeblurSettings
 
@@ -56,6 +57,16 @@ def deblur_array(rgb: np.ndarray, model, *, tile: int, overlap: int, context: in
     return process_tiled(rgb, lambda t: model(t, ctx), tile=tile, overlap=overlap, context=context, ctx=ctx)
 
 
+FORCED = "force"   # the decision recorded for mode=force: the network, whatever the photo
+
+
+def decision_for(picture: Picture, params: dict) -> str:
+    """What ``deblur`` will do with ``picture`` (its cost depends on it): the measured blur kind in auto mode."""
+    if params.get("mode", "force") != "auto":
+        return FORCED
+    return estimate_blur(picture.rgb, picture.alpha).kind
+
+
 def make_deblur(models: DeblurModels):
     def deblur(picture: Picture, params: dict, ctx: StageContext) -> Picture:
         strength = float(params["strength"])
@@ -67,6 +78,8 @@ def make_deblur(models: DeblurModels):
             if outcome.result is not None:
                 return outcome.result
             strength = outcome.network_strength
+        else:
+            ctx.decision = FORCED
         try:
             name, runner = models.get(params["model"])
         except ModelUnavailable as exc:

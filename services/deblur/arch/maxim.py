@@ -467,8 +467,10 @@ class MAXIM3S(nn.Module):
                 enc_prev = encs_prev.pop() if s > 0 else None
                 dec_prev = decs_prev.pop() if s > 0 else None
                 check()
-                y, bridge = getattr(self, f"stage_{s}_encoder_block_{i}")(y, skip=x_scales[i], enc=enc_prev,
+                skip, x_scales[i] = x_scales[i], None   # dropped as soon as used: peak memory is what limits
+                y, bridge = getattr(self, f"stage_{s}_encoder_block_{i}")(y, skip=skip, enc=enc_prev,
                                                                          dec=dec_prev)
+                del skip, enc_prev, dec_prev
                 encs.append(bridge)
             for i in range(NUM_BOTTLENECK_BLOCKS):
                 check()
@@ -481,8 +483,10 @@ class MAXIM3S(nn.Module):
                     signal.append(getattr(self, f"UpSampleRatio_{upsample_index}")(enc))
                     upsample_index += 1
                 check()
-                skips, global_feature = getattr(self, f"stage_{s}_cross_gating_block_{i}")(
-                    torch.cat(signal, dim=-1), global_feature)
+                joined = torch.cat(signal, dim=-1)
+                del signal   # the pieces are not needed once joined (the window size is bounded by peak memory)
+                skips, global_feature = getattr(self, f"stage_{s}_cross_gating_block_{i}")(joined, global_feature)
+                del joined
                 skip_features.append(skips)
             decs = []
             sam_features = []
@@ -493,7 +497,10 @@ class MAXIM3S(nn.Module):
                     signal.append(getattr(self, f"UpSampleRatio_{upsample_index}")(skip))
                     upsample_index += 1
                 check()
-                y = getattr(self, f"stage_{s}_decoder_block_{i}")(y, bridge=torch.cat(signal, dim=-1))
+                bridge = torch.cat(signal, dim=-1)
+                del signal
+                y = getattr(self, f"stage_{s}_decoder_block_{i}")(y, bridge=bridge)
+                del bridge
                 decs.append(y)
                 if s < NUM_STAGES - 1:
                     sam_features.append(getattr(self, f"stage_{s}_supervised_attention_module_{i}")(y, shortcuts[i]))
@@ -501,5 +508,6 @@ class MAXIM3S(nn.Module):
                     output = getattr(self, f"stage_{s}_output_conv_0")(y) + shortcuts[0]
             encs_prev = encs[::-1]
             decs_prev = decs
+            del encs, decs, skip_features, x_scales
         assert output is not None
         return output
