@@ -1,6 +1,7 @@
 """Train the repair detector's four small perceptrons and write services/repair/detector_weights.json.
 
-Run: ``python -m tools.train_repair_detector`` (about 5 minutes on 2 CPU cores; needs torch, used only here).
+Run: ``python -m tools.train_repair_detector [--out PATH]`` (about 5 minutes on 2 CPU cores; needs torch,
+used only here).
 
 Data: synthetic damage from tools/damage.py drawn on photos the benchmark (bench/repair.py) does NOT use -
 matplotlib's grace_hopper and scikit-image's stereo_motorcycle, retina, immunohistochemistry, moon, coins,
@@ -142,8 +143,9 @@ def main() -> int:
                     "damage seeds the benchmark does not use",
            "pixel_features": list(det.PIXEL_FEATURES), "context_features": list(det.CONTEXT_FEATURES),
            "training_photos": sorted(photos), "nets": nets}
-    det.WEIGHTS_PATH.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {det.WEIGHTS_PATH.relative_to(ROOT)}")
+    target = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else det.WEIGHTS_PATH
+    target.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {target}")
     return 0
 
 
