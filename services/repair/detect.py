@@ -22,7 +22,7 @@ dust on the print; dark ones: dirt in a groove, crease shadows, dust on the nega
    pixel above ``PEAK_BAR`` and its area at least ``MIN_AREA``.
 
 The perceptrons are trained by ``tools/train_repair_detector.py`` on synthetic damage (tools/damage.py)
-drawn on photos and seeds that the benchmark does not use; their parameters (about 1,200 numbers) are plain
+drawn on photos and seeds that the benchmark does not use; their parameters (about 1,600 numbers) are plain
 numbers in ``detector_weights.json``, evaluated here with numpy. The bars of step 3 were set on damage seeds
 the benchmark does not use (tools/repair_tune.py).
 
@@ -60,11 +60,6 @@ class Detection:
     mask: np.ndarray                                  # bool H x W: the defects to repair
     candidates: np.ndarray                            # bool H x W: everything above the candidate bar
     counts: dict[str, int] = field(default_factory=dict)
-
-
-def sensitivity_scale(sensitivity: float) -> float:
-    """Threshold multiplier: 0.5 is the calibrated default, 1 halves the thresholds, 0 doubles them."""
-    return 2.0 ** (1.0 - 2.0 * sensitivity)
 
 
 def _line_kernels(length: int, angles: int = 8) -> list[np.ndarray]:
