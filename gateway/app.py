@@ -254,18 +254,23 @@ async def health(request: Request):
 JOB_STATUS = {"description": "the job's state", "content": {"application/json": {"schema": {"type": "object"}}}}
 
 
-@app.post("/v1/jobs", status_code=202, response_class=JSONResponse, openapi_extra=endpoint_openapi(
-    {"mode": {**STRING, "enum": ["simple", "advanced"], "default": "simple"}, **SIMPLE_BODY, **ADVANCED_BODY},
-    JOB_STATUS, (400, 413, 415, 422, 429, 500, 502, 503, 504), ok_status=202))
-async def create_job(request: Request):
-    """Queue a simple or advanced run (same fields as /v1/restore or /v1/pipeline, plus ``mode``)."""
+async def upload_with_mode(request: Request) -> tuple[bytes, str, list]:
+    """The checked upload, its ``mode`` (simple|advanced) and the steps that mode's fields ask for."""
     data, fields = await read_multipart(request, request.app.state.settings.input_upload_limit)
     mode = fields.pop("mode", "simple")
     if mode not in ("simple", "advanced"):
         raise InvalidParams("'mode' must be simple or advanced", field="mode")
     reject_unknown_fields(fields, known_fields(mode))
     await run_in_threadpool(verify_upload, data, request.app.state.settings.max_pixels)
-    steps = await steps_from_fields(request, mode, fields)
+    return data, mode, await steps_from_fields(request, mode, fields)
+
+
+@app.post("/v1/jobs", status_code=202, response_class=JSONResponse, openapi_extra=endpoint_openapi(
+    {"mode": {**STRING, "enum": ["simple", "advanced"], "default": "simple"}, **SIMPLE_BODY, **ADVANCED_BODY},
+    JOB_STATUS, (400, 413, 415, 422, 429, 500, 502, 503, 504), ok_status=202))
+async def create_job(request: Request):
+    """Queue a simple or advanced run (same fields as /v1/restore or /v1/pipeline, plus ``mode``)."""
+    data, mode, steps = await upload_with_mode(request)
     status = await run_in_threadpool(request.app.state.jobs.submit, mode, steps, data)
     return JSONResponse(status, status_code=202, headers={"Location": f"/v1/jobs/{status['id']}"})
 
@@ -284,13 +289,7 @@ async def decisions(request: Request):
     """What the steps whose work depends on the photo would decide for it (deblur: sharp, defocus or motion),
     without running anything: for a time estimate before a run (a sharp photo skips the network). Steps whose
     stage is down or cannot tell are left out."""
-    data, fields = await read_multipart(request, request.app.state.settings.input_upload_limit)
-    mode = fields.pop("mode", "simple")
-    if mode not in ("simple", "advanced"):
-        raise InvalidParams("'mode' must be simple or advanced", field="mode")
-    reject_unknown_fields(fields, known_fields(mode))
-    await run_in_threadpool(verify_upload, data, request.app.state.settings.max_pixels)
-    steps = await steps_from_fields(request, mode, fields)
+    data, _, steps = await upload_with_mode(request)
     client: StageClient = request.app.state.client
     deciding = []
     for step in steps:
