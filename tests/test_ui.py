@@ -270,3 +270,11 @@ def test_finishing_sliders_and_download_keep_metadata(app: AppTest, shared_image
     app.session_state["finish_ctl"] = {"sharpen_amount": 1.0, "sharpen_radius": 5.0}
     app.run()
     assert not app.get("download_button")
+
+
+def test_decisions_read_as_plain_sentences():
+    assert plain.decision_sentences({"deblur": "sharp"}) == [
+        "This photo looks sharp, so blur removal will leave it as it is."]
+    assert "most of the time" in plain.decision_sentences({"deblur": "motion"})[0]
+    assert plain.decision_sentences({"deblur": "force"}) == []     # nothing worth saying
+    assert plain.decision_sentences({}) == []

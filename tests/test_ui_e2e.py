@@ -326,6 +326,8 @@ def test_plain_messages_estimate_and_progress(page, stack, shared_images: Path):
     assert "no estimate yet" not in estimate_text.inner_text()
     if missing:
         page.get_by_text(plain.missing_steps_note(missing)).wait_for()
+    # what deblur will do with this (sharp) photo, asked from the gateway's /v1/decisions before the run
+    page.get_by_text(plain.decision_sentences({"deblur": "sharp"})[0]).wait_for()
     shot(page, "03-estimate-before-restore")
 
     page.get_by_role("button", name="Restore", exact=True).click()

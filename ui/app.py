@@ -642,6 +642,10 @@ def main() -> None:
     busy = bool(st.session_state.get("job")) or bool((st.session_state.get("batch") or {}).get("items")
                                                        and not st.session_state["batch"].get("finished"))
     if items and fields is not None:
+        if len(items) == 1 and not is_batch:
+            for sentence in plain.decision_sentences(
+                    photo_decisions(url, items[0].data, items[0].name, json.dumps(fields, sort_keys=True))):
+                st.caption(sentence)
         render_estimate(plans, len(items))
     if st.button("Restore", key="restore", type="primary", disabled=not items or fields is None or busy):
         if is_batch:

@@ -74,3 +74,16 @@ def missing_steps_note(steps: list[str]) -> str:
     listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     verb = "is" if len(names) == 1 else "are"
     return f"On this server {listed} {verb} not installed; those steps will be skipped."
+
+
+DECISION_WORDS = {   # (step, decision) -> what the step will do with this photo
+    ("deblur", "sharp"): "This photo looks sharp, so blur removal will leave it as it is.",
+    ("deblur", "defocus"): "This photo looks out of focus; blur removal will sharpen it (a quick step).",
+    ("deblur", "motion"): "This photo looks shaken (motion blur); blur removal will take most of the time.",
+}
+
+
+def decision_sentences(decisions: dict[str, str]) -> list[str]:
+    """Before a run: what the photo-dependent steps will do with this photo, in plain words."""
+    return [DECISION_WORDS[(step, decision)] for step, decision in decisions.items()
+            if (step, decision) in DECISION_WORDS]
