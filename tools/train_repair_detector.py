@@ -1,7 +1,7 @@
 """Train the repair detector's four small perceptrons and write services/repair/detector_weights.json.
 
 Run: ``python -m tools.train_repair_detector [--out PATH]`` (about 5 minutes on 2 CPU cores; needs torch and,
-for its grace_hopper photo, matplotlib: ``pip install matplotlib``; neither is needed to serve).
+for its grace_hopper photo, matplotlib: ``pip install matplotlib``; the repair service needs neither).
 
 Data: synthetic damage from tools/damage.py drawn on photos the benchmark (bench/repair.py) does NOT use -
 matplotlib's grace_hopper and scikit-image's stereo_motorcycle, retina, immunohistochemistry, moon, coins,
