@@ -85,18 +85,17 @@ class Throughput:
                 return
             self.recent.append((*sample, kind))
             if params is not None:
-                key = (params_key(params), kind)
-                entry = self.by_params.pop(key, None) or deque(maxlen=self.size)
-                entry.append(sample)
-                self.by_params[key] = entry
-                while len(self.by_params) > self.param_sets:
-                    self.by_params.popitem(last=False)
+                self._add(self.by_params, (params_key(params), kind), sample)
             if decision is not None:
-                entry = self.by_decision.pop(decision, None) or deque(maxlen=self.size)
-                entry.append(sample)
-                self.by_decision[decision] = entry
-                while len(self.by_decision) > self.param_sets:
-                    self.by_decision.popitem(last=False)
+                self._add(self.by_decision, decision, sample)
+
+    def _add(self, table: OrderedDict, key: Any, sample: tuple[float, float]) -> None:
+        """``sample`` into ``table[key]``'s ring; the least recently used keys go past ``param_sets``."""
+        entry = table.pop(key, None) or deque(maxlen=self.size)
+        entry.append(sample)
+        table[key] = entry
+        while len(table) > self.param_sets:
+            table.popitem(last=False)
 
     def report(self) -> dict[str, Any]:
         with self.lock:
