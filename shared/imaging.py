@@ -458,12 +458,16 @@ def transport_size(data: bytes) -> tuple[int, int]:
 
 def oriented_size(data: bytes) -> tuple[int, int]:
     """Width and height of an upload as the stages see it (after its EXIF orientation); nothing is decoded."""
-    fmt, width, height = probe_size(data)
+    return _oriented(data, *probe_size(data))
+
+
+def _oriented(data: bytes, fmt: str, width: int, height: int) -> tuple[int, int]:
     try:
         if fmt == "PNG":
             # Pillow's getexif() decodes a whole PNG (its eXIf chunk may follow the pixels): walk the chunks
             exif = Image.Exif()
-            exif.load(_png_exif_chunk(data) or b"")
+            exif.load(next((data[start:start + length] for kind, start, length in png_chunks(data)
+                            if kind == b"eXIf"), b""))
         else:
             with Image.open(io.BytesIO(data)) as im:
                 exif = im.getexif()
@@ -473,17 +477,16 @@ def oriented_size(data: bytes) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def _png_exif_chunk(data: bytes) -> bytes | None:
-    """The payload of a PNG's eXIf chunk, found by jumping from chunk header to chunk header."""
+def png_chunks(data: bytes):
+    """(kind, payload offset, payload length) of each chunk of a PNG whose header is present, up to IEND,
+    by jumping from chunk header to chunk header (no CRC check, nothing inflated)."""
     pos = len(PNG_SIGNATURE)
     while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        if kind == b"eXIf":
-            return data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        yield kind, pos + 8, length
         if kind == b"IEND":
-            break
+            return
         pos += 12 + length
-    return None
 
 
 def verify_upload(data: bytes, max_pixels: int) -> tuple[int, int]:
@@ -504,7 +507,7 @@ def verify_upload(data: bytes, max_pixels: int) -> tuple[int, int]:
     except (OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
         log.info("undecodable %s upload: %r", fmt, exc)
         raise BadRequest(f"the {fmt} image data is corrupt or truncated", code="corrupt_image") from None
-    return oriented_size(data)
+    return _oriented(data, fmt, width, height)
 
 
 def png_to_jpeg(png: bytes, quality: int = 92) -> bytes:

@@ -14,6 +14,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from .contract import BadRequest, ImageTooLarge, InvalidParams
+from .imaging import png_chunks
 
 log = logging.getLogger("restore.upload")
 
@@ -105,12 +106,10 @@ def trim_to_image(data: bytes) -> bytes:
 
 
 def _png_end(data: bytes) -> int | None:
-    pos = 8
-    while pos + 12 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        pos += 12 + length
+    for kind, start, length in png_chunks(data):
         if kind == b"IEND":
-            return pos if pos <= len(data) else None
+            end = start + length + 4   # its CRC
+            return end if end <= len(data) else None
     return None
 
 
