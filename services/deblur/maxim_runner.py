@@ -178,11 +178,10 @@ class MaximRunner(LoadedModel):
         # weight on every call and the activations back and forth around each op; bench/deblur.py and
         # bench/gpu_check.py print the gain and the distance from fp32 (layer norms still accumulate in
         # fp32 inside the kernels).
-        self.weights_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        wanted = self.weights_dtype or torch.float32
-        if next(model.parameters()).dtype != wanted:
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        if next(model.parameters()).dtype != self.dtype:
             # a copy: the caller's module may serve another runner (tests and benchmarks compare precisions)
-            model = copy.deepcopy(model).to(wanted)
+            model = copy.deepcopy(model).to(self.dtype)
         self.model = model
         if max_window_pixels is None:
             max_window_pixels = load_settings(DeblurSettings).deblur_max_window_pixels or int(
@@ -196,7 +195,7 @@ class MaximRunner(LoadedModel):
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
         check = ctx.check_aborted if ctx is not None else None
         with torch.inference_mode():
-            out = self.model(x.to(self.weights_dtype or torch.float32), check=check)
+            out = self.model(x.to(self.dtype), check=check)
         result = out.float().cpu().numpy()
         del out
         release_free_memory()

@@ -444,6 +444,12 @@ class MAXIM3S(nn.Module):
         finally:
             _run_state.check = None
 
+    def _resized_and_joined(self, features: list[torch.Tensor], first: int) -> torch.Tensor:
+        """``features`` brought to one scale by ``UpSampleRatio_{first}``, ``_{first + 1}``, ... and joined on
+        the channels. The resized pieces live only inside this call: peak memory bounds the window size."""
+        return torch.cat([getattr(self, f"UpSampleRatio_{first + j}")(feature) for j, feature in enumerate(features)],
+                         dim=-1)
+
     def _forward(self, x: torch.Tensor, check: Callable[[], None]) -> torch.Tensor:
         n, h, w, _ = x.shape
         if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
@@ -478,27 +484,19 @@ class MAXIM3S(nn.Module):
             global_feature = y
             skip_features = []
             for i in reversed(range(DEPTH)):
-                signal = []
-                for enc in encs:
-                    signal.append(getattr(self, f"UpSampleRatio_{upsample_index}")(enc))
-                    upsample_index += 1
+                signal = self._resized_and_joined(encs, upsample_index)
+                upsample_index += len(encs)
                 check()
-                joined = torch.cat(signal, dim=-1)
-                del signal   # the pieces are not needed once joined (the window size is bounded by peak memory)
-                skips, global_feature = getattr(self, f"stage_{s}_cross_gating_block_{i}")(joined, global_feature)
-                del joined
+                skips, global_feature = getattr(self, f"stage_{s}_cross_gating_block_{i}")(signal, global_feature)
+                del signal
                 skip_features.append(skips)
             decs = []
             sam_features = []
             output = None
             for i in reversed(range(DEPTH)):
-                signal = []
-                for skip in skip_features:
-                    signal.append(getattr(self, f"UpSampleRatio_{upsample_index}")(skip))
-                    upsample_index += 1
+                bridge = self._resized_and_joined(skip_features, upsample_index)
+                upsample_index += len(skip_features)
                 check()
-                bridge = torch.cat(signal, dim=-1)
-                del signal
                 y = getattr(self, f"stage_{s}_decoder_block_{i}")(y, bridge=bridge)
                 del bridge
                 decs.append(y)
