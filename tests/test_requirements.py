@@ -54,7 +54,7 @@ def imports_of(source: Path) -> tuple[set[str], set[str]]:
                 elif node.module == "shared":
                     shared |= {alias.name for alias in node.names}
             elif node.level == 1 and source.parent.name == "shared":   # from .x import y inside shared/
-                shared.add((node.module or "").split(".")[0] or next(iter(a.name for a in node.names)))
+                shared |= {node.module.split(".")[0]} if node.module else {alias.name for alias in node.names}
     return top, shared
 
 
@@ -68,7 +68,7 @@ def imported_modules(folder: Path) -> set[str]:
     while pending:
         source = pending.pop()
         top, shared = imports_of(source)
-        found |= top if source.is_relative_to(folder) else top - {p.stem for p in (ROOT / "shared").glob("*.py")}
+        found |= top
         for name in shared - seen_shared:
             seen_shared.add(name)
             if (ROOT / "shared" / f"{name}.py").is_file():

@@ -198,11 +198,10 @@ def photo_decisions(url: str, data: bytes, name: str, fields_json: str) -> dict[
 
 
 def photo_plan(stages: dict | None, steps, photo: photos.Photo, mode: str,
-               fields: dict[str, str] | None = None) -> estimate.Plan | None:
+               decisions: dict[str, str] | None = None) -> estimate.Plan | None:
     size = photo.size
     if stages is None or size is None or not steps:
         return None
-    decisions = photo_decisions(gateway_url(), photo.data, photo.name, json.dumps(fields or {}, sort_keys=True))
     # simple mode skips a step that is not installed; advanced mode fails there instead
     return estimate.plan(stages, steps, size, usable_services(stages) if mode == "Simple" else None,
                          photo_kind(photo.data), server_overhead()["value"], decisions)
@@ -638,13 +637,14 @@ def main() -> None:
     fields, steps = simple_controls(stages) if mode == "Simple" else advanced_controls(stages)
     if mode == "Simple" and len(items) == 1 and not is_batch:
         fields = repair_review.review(gw, items[0], fields)
-    plans = [photo_plan(stages, steps, p, mode, fields) for p in items] if fields is not None else []
+    decisions = ([photo_decisions(url, p.data, p.name, json.dumps(fields, sort_keys=True)) for p in items]
+                 if fields is not None else [])
+    plans = [photo_plan(stages, steps, p, mode, d) for p, d in zip(items, decisions)]
     busy = bool(st.session_state.get("job")) or bool((st.session_state.get("batch") or {}).get("items")
                                                        and not st.session_state["batch"].get("finished"))
     if items and fields is not None:
         if len(items) == 1 and not is_batch:
-            for sentence in plain.decision_sentences(
-                    photo_decisions(url, items[0].data, items[0].name, json.dumps(fields, sort_keys=True))):
+            for sentence in plain.decision_sentences(decisions[0]):
                 st.caption(sentence)
         render_estimate(plans, len(items))
     if st.button("Restore", key="restore", type="primary", disabled=not items or fields is None or busy):
