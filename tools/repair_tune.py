@@ -20,16 +20,16 @@ import numpy as np
 
 from bench.repair import load_photos, visible_of
 from services.repair.detect import detect
+from services.repair.stage import _LUMA  # the luminance the stage detects on
 from tools.damage import damage
 
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 KINDS = {"scratch": dict(scratches=3, creases=0, dust=0), "crease": dict(scratches=0, creases=1, dust=0),
          "dust": dict(scratches=0, creases=0, dust=30)}
 TEXTURES = ("brick", "grass", "gravel", "immunohistochemistry")
 
 
 def found_in(rgb8: np.ndarray, sensitivity: float) -> np.ndarray:
-    return detect(rgb8.astype(np.float32) @ LUMA, sensitivity=sensitivity).mask
+    return detect(rgb8.astype(np.float32) @ _LUMA, sensitivity=sensitivity).mask
 
 
 def scores(tp: int, fp: int, fn: int) -> str:

@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from services.repair import detect as det  # noqa: E402
+from services.repair.stage import _LUMA  # noqa: E402  (the luminance the stage detects on)
 from tools.damage import damage  # noqa: E402
 
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 NEGATIVE_SHARE = 0.05
 PIXEL_HIDDEN = 16
 FIRST_SEEDS = (7000, 8000)
@@ -71,8 +71,8 @@ def pixel_data(photos: dict[str, np.ndarray], seeds: tuple[int, ...],
     for index, (name, clean) in enumerate(photos.items()):
         for base_seed in seeds:
             damaged, truth = damage(clean, seed=base_seed + index)
-            luma = damaged.astype(np.float32) @ LUMA
-            change = luma - clean.astype(np.float32) @ LUMA
+            luma = damaged.astype(np.float32) @ _LUMA
+            change = luma - clean.astype(np.float32) @ _LUMA
             if context:
                 maps, active, first = det.first_pass(luma)
             else:
