@@ -200,3 +200,23 @@ def test_ui_checks_for_damage_shows_the_mask_and_can_decline(stack, monkeypatch,
     app.toggle(key="repair_overlay").set_value(False).run()
     app.checkbox(key="repair_accept").uncheck().run()
     assert not app.exception, app.exception
+
+
+def test_detector_finds_a_faint_crease():
+    from services.repair.detect import detect
+    from services.repair.stage import _LUMA
+    clean = np.ascontiguousarray(photo("astronaut"))
+    damaged, truth = damage(clean, seed=63, scratches=0, creases=1, dust=0)
+    change = np.abs(damaged.astype(np.int16) - clean).max(axis=2)
+    assert np.median(change[truth]) < 90, "the crease should be a faint one"
+    found = detect(damaged.astype(np.float32) @ _LUMA).mask
+    recall = (found & truth).sum() / truth.sum()
+    assert recall >= 0.85, f"crease recall {recall:.3f}"
+    assert (found & ~truth).mean() < CLEAN_FLAGGED_BAR
+
+
+@pytest.mark.parametrize("name", ["brick", "grass", "gravel"])
+def test_detector_leaves_clean_texture_alone(name):
+    from services.repair.detect import detect
+    grey = photo(name).astype(np.float32)
+    assert detect(grey).mask.mean() < CLEAN_FLAGGED_BAR / 10, f"{name}: texture flagged as damage"

@@ -9,20 +9,24 @@ dust on the print; dark ones: dirt in a groove, crease shadows, dust on the nega
    in 8 directions (the max: something long in some direction; the min: long in all, a patch rather than a
    line), Hessian eigenvalues at sigma 1 and 2 (ridge across, flat along), the local texture level (median
    top-hat in 16x16 blocks, median line response in 32x32 blocks, 15x15 standard deviation), the pixel's
-   tone in the defect's polarity, and the edge sharpness around it (defects lie on the print, unblurred by
-   the lens). A small perceptron (one hidden layer) turns them into a probability of damage. Pixels less
+   tone in the defect's polarity, the edge sharpness around it in 3x3 and 7x7 windows (defects lie on the
+   print, unblurred by the lens; the wider window reaches a speck's edge from its middle) and the opposite
+   polarity's top-hat close by (a crease's ridge beside its shadow). A small perceptron (one hidden layer) turns them into a probability of damage. Pixels less
    than ``ACTIVE_CONTRAST`` off their top-hat background are not scored (probability 0).
 2. Context. A second perceptron per polarity sees the same features plus how the first probabilities are
    laid out around the pixel (``context_features``): their line openings (a scratch is a long coherent run
    of likely pixels, texture a scatter of short ones), their local mean and max, and the opposite
-   polarity's (a crease is a bright ridge beside a dark shadow). The polarities are merged by the max.
+   polarity's max and line opening close by (a crease is a bright ridge beside a dark shadow line). The
+   polarities are merged by the max. Steps 1 and 2 run for each member of a small ensemble (members trained
+   on different draws, with different feature sets and sizes: each uses the leading features of the lists);
+   their probabilities are averaged, since they agree on damage more than on the texture each mistakes for it.
 3. Components. Pixels above ``PIXEL_BAR`` are joined into 8-connected components. A component is damage
    when its pixels' mean probability is above ``MEAN_BAR`` (a defect is likely all along; a fragment of
    texture or an object edge has a few likely pixels in a long fringe of doubtful ones), its most likely
    pixel above ``PEAK_BAR`` and its area at least ``MIN_AREA``.
 
 The perceptrons are trained by ``tools/train_repair_detector.py`` on synthetic damage (tools/damage.py)
-drawn on photos and seeds that the benchmark does not use; their parameters (about 1,600 numbers) are plain
+drawn on photos and seeds that the benchmark does not use; their parameters (about 2,600 numbers) are plain
 numbers in ``detector_weights.json``, evaluated here with numpy. The bars of step 3 were set on damage seeds
 the benchmark does not use (tools/repair_tune.py).
 
@@ -42,8 +46,8 @@ import cv2
 import numpy as np
 
 WEIGHTS_PATH = Path(__file__).with_name("detector_weights.json")
-PIXEL_BAR = 0.3            # probability: a pixel joins a candidate component above it
-MEAN_BAR = 0.8             # probability: a component is damage when its pixels' mean is above it ...
+PIXEL_BAR = 0.2            # probability: a pixel joins a candidate component above it
+MEAN_BAR = 0.73            # probability: a component is damage when its pixels' mean is above it ...
 PEAK_BAR = 0.9             # ... and its most likely pixel above this
 MIN_AREA = 5               # px: smaller components are noise (a speck of 1 px radius covers 5)
 LINE_EXTENT = 25.0         # px: a component with a longer bounding-box diagonal is a line, else a speck
@@ -83,11 +87,13 @@ _LINES41 = _line_kernels(41)
 _DISCS = (_disc(5), _disc(9), _disc(15))
 _SQUARE3 = np.ones((3, 3), np.uint8)
 _SQUARE5 = np.ones((5, 5), np.uint8)
+_SQUARE7 = np.ones((7, 7), np.uint8)
 
 PIXEL_FEATURES = ("tophat5", "tophat9", "tophat15", "line21", "line21_least", "median11", "median5",
                   "ridge1", "along1", "ridge2", "along2", "texture", "line_texture", "std15", "tone",
-                  "line41", "sharpness")
-CONTEXT_FEATURES = ("p", "p_along21", "p_along21_least", "p_along41", "p_mean9", "p_max5", "other_p_max5")
+                  "line41", "sharpness", "sharpness7", "opposite9")
+CONTEXT_FEATURES = ("p", "p_along21", "p_along21_least", "p_along41", "p_mean9", "p_max5", "other_p_max5",
+                    "other_along21_max5")
 
 
 def block_level(values: np.ndarray, block: int) -> np.ndarray:
@@ -116,9 +122,9 @@ def _hessian(luma: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
 
 def _max_opening(values: np.ndarray, kernels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Max and min over directions of the openings with line segments."""
-    most = np.zeros_like(values)
-    least = np.full_like(values, np.inf)
-    for kernel in kernels:
+    most = cv2.morphologyEx(values, cv2.MORPH_OPEN, kernels[0])
+    least = most.copy()
+    for kernel in kernels[1:]:
         opened = cv2.morphologyEx(values, cv2.MORPH_OPEN, kernel)
         np.maximum(most, opened, out=most)
         np.minimum(least, opened, out=least)
@@ -152,17 +158,22 @@ def pixel_features(luma: np.ndarray, signs: tuple[int, ...] = (1, -1)) -> dict[i
     hessians = [_hessian(luma, sigma) for sigma in (1.0, 2.0)]
     gx = cv2.Sobel(luma, cv2.CV_32F, 1, 0, ksize=1) / 2
     gy = cv2.Sobel(luma, cv2.CV_32F, 0, 1, ksize=1) / 2
-    sharpness = _log(cv2.dilate(np.sqrt(gx * gx + gy * gy), _SQUARE3))
-    del gx, gy
+    gradient = np.sqrt(gx * gx + gy * gy)
+    sharpness = _log(cv2.dilate(gradient, _SQUARE3))
+    # a speck's edge seen from its middle (the 3x3 window reaches only 1 px in)
+    sharpness7 = _log(cv2.dilate(gradient, _SQUARE7))
+    del gx, gy, gradient
     backgrounds = {1: cv2.MORPH_OPEN, -1: cv2.MORPH_CLOSE}
+    tophats9 = {sign: sign * (luma - cv2.morphologyEx(luma, backgrounds[sign], _DISCS[1])) for sign in (1, -1)}
     # texture of both polarities: a dark-on-bright pattern is as busy as a bright-on-dark one
-    texture9 = sum(sign * (luma - cv2.morphologyEx(luma, backgrounds[sign], _DISCS[1])) for sign in (1, -1))
-    texture = _log(cv2.dilate(block_level(texture9, LEVEL_BLOCK), _SQUARE3))
-    del texture9
+    texture = _log(cv2.dilate(block_level(tophats9[1] + tophats9[-1], LEVEL_BLOCK), _SQUARE3))
     out = {}
     for sign in signs:
-        tophat5, tophat9, tophat15 = (sign * (luma - cv2.morphologyEx(luma, backgrounds[sign], disc))
-                                      for disc in _DISCS)
+        tophat5, tophat15 = (sign * (luma - cv2.morphologyEx(luma, backgrounds[sign], disc))
+                             for disc in (_DISCS[0], _DISCS[2]))
+        tophat9 = tophats9[sign]
+        # the opposite polarity close by: a crease is a bright ridge beside its dark shadow
+        opposite9 = _log(cv2.dilate(tophats9[-sign], _SQUARE5))
         # a one-pixel digital curve holds no straight digital segment: thicken it before the line openings
         thick = cv2.dilate(tophat15, _SQUARE3)
         line21, line21_least = _max_opening(thick, _LINES21)
@@ -178,7 +189,8 @@ def pixel_features(luma: np.ndarray, signs: tuple[int, ...] = (1, -1)) -> dict[i
             across, along = (-smaller, larger) if sign > 0 else (larger, -smaller)
             maps += [_log(across), _signed_log(along).astype(np.float16)]
         tone = (luma if sign > 0 else 255 - luma) / np.float32(255)
-        maps += [texture, _log(line_texture), std15, tone.astype(np.float16), _log(line41), sharpness]
+        maps += [texture, _log(line_texture), std15, tone.astype(np.float16), _log(line41), sharpness, sharpness7,
+                 opposite9]
         out[sign] = (maps, active)
     return out
 
@@ -201,18 +213,26 @@ def pixel_probability(net: dict, maps: list[np.ndarray], active: np.ndarray) -> 
     return out
 
 
-def context_features(own: np.ndarray, other: np.ndarray) -> list[np.ndarray]:
-    """CONTEXT_FEATURES: how the first pass's probability ``own`` is laid out around each pixel.
+def context_features(first: dict[int, np.ndarray]) -> dict[int, list[np.ndarray]]:
+    """CONTEXT_FEATURES per polarity: how the first pass's probabilities ``first`` are laid out around each pixel.
 
     A defect pixel sits on a long coherent run of likely pixels (a scratch) or in a compact cluster (a
-    speck); a texture pixel among scattered ones. ``other`` is the opposite polarity's probability (a crease
-    is a bright ridge beside a dark shadow).
+    speck); a texture pixel among scattered ones. The opposite polarity's probability and its runs count too
+    (a crease is a bright ridge beside a dark shadow line).
     """
-    along21, least21 = _max_opening(own, _LINES21)
-    along41, _ = _max_opening(own, _LINES41)
-    maps = [own, along21, least21, along41, cv2.blur(own, (9, 9)), cv2.dilate(own, _SQUARE5),
-            cv2.dilate(other, _SQUARE5)]
-    return [m.astype(np.float16) for m in maps]
+    # the openings in 1/255 steps: a quarter of the float time, and they commute with the rounding
+    steps = {sign: np.clip(own * 255 + 0.5, 0, 255).astype(np.uint8) for sign, own in first.items()}
+    lines = {sign: _max_opening(own, _LINES21) for sign, own in steps.items()}
+    out = {}
+    for sign, own in first.items():
+        along21, least21 = lines[sign]
+        along41, _ = _max_opening(steps[sign], _LINES41)
+        runs = [m.astype(np.float16) / np.float16(255) for m in
+                (along21, least21, along41, cv2.dilate(lines[-sign][0], _SQUARE5))]
+        out[sign] = [own.astype(np.float16), *runs[:3], cv2.blur(own, (9, 9)).astype(np.float16),
+                     cv2.dilate(own, _SQUARE5).astype(np.float16), cv2.dilate(first[-sign], _SQUARE5).astype(np.float16),
+                     runs[3]]
+    return out
 
 
 def components(probability: np.ndarray) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
@@ -228,8 +248,15 @@ def components(probability: np.ndarray) -> tuple[int, np.ndarray, dict[str, np.n
                            "mean": np.bincount(flat, p, count) / np.maximum(area, 1), "peak": peak}
 
 
-def load_weights(path: Path = WEIGHTS_PATH) -> dict:
-    return prepare_nets(json.loads(path.read_text())["nets"])
+def load_weights(path: Path = WEIGHTS_PATH) -> list[dict]:
+    """The ensemble's members: {"pixel_features": count, "context_features": count, "nets": prepared}."""
+    return [prepare_member(raw) for raw in json.loads(path.read_text())["members"]]
+
+
+def prepare_member(raw: dict) -> dict:
+    # a member uses the leading features of each list: one trained before later features were added still fits
+    return {"pixel_features": len(raw["pixel_features"]), "context_features": len(raw["context_features"]),
+            "nets": prepare_nets(raw["nets"])}
 
 
 def prepare_nets(raw_nets: dict) -> dict:
@@ -244,46 +271,55 @@ def prepare_nets(raw_nets: dict) -> dict:
     return nets
 
 
-_NETS: dict | None = None
+_MEMBERS: list[dict] | None = None
 
 
-def _nets() -> dict:
-    global _NETS
-    if _NETS is None:
-        _NETS = load_weights()
-    return _NETS
-
-
-def first_pass(luma: np.ndarray) -> tuple[dict[int, list[np.ndarray]], dict[int, np.ndarray],
-                                          dict[int, np.ndarray]]:
-    """Both polarities: (feature maps, active pixels, first-pass probability)."""
-    nets = _nets()
-    maps, active, probability = {}, {}, {}
-    for sign, (sign_maps, sign_active) in pixel_features(luma).items():
-        maps[sign], active[sign] = sign_maps, sign_active
-        probability[sign] = pixel_probability(nets[_NAMES[sign]], sign_maps, sign_active)
-    return maps, active, probability
+def _members() -> list[dict]:
+    global _MEMBERS
+    if _MEMBERS is None:
+        _MEMBERS = load_weights()
+    return _MEMBERS
 
 
 _NAMES = {1: "bright", -1: "dark"}
 
 
-def defect_probability(luma: np.ndarray, polarity: str = "both") -> np.ndarray:
-    """Per-pixel probability of damage (the larger over the polarities asked for).
+def first_pass(member: dict, maps: dict[int, list[np.ndarray]], active: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Both polarities' first-pass probability by one member, from the pixel_features maps."""
+    used = member["pixel_features"]
+    return {sign: pixel_probability(member["nets"][_NAMES[sign]], maps[sign][:used], active[sign])
+            for sign in (1, -1)}
+
+
+def member_probability(member: dict, maps: dict[int, list[np.ndarray]], active: dict[int, np.ndarray],
+                       signs: tuple[int, ...]) -> np.ndarray:
+    """One member's probability of damage: the larger over the polarities ``signs``.
 
     The first pass scores each pixel from its own features; the second also sees how the first pass's
     probabilities are laid out around it (context_features).
     """
-    signs = {"both": (1, -1), "bright": (1,), "dark": (-1,)}[polarity]
-    nets = _nets()
-    maps, active, first = first_pass(np.ascontiguousarray(luma, np.float32))
+    context = context_features(first_pass(member, maps, active))
     merged = None
     for sign in signs:
-        context = context_features(first[sign], first[-sign])
-        p = pixel_probability(nets["context_" + _NAMES[sign]], maps.pop(sign) + context, active[sign])
+        rows = maps[sign][:member["pixel_features"]] + context.pop(sign)[:member["context_features"]]
+        p = pixel_probability(member["nets"]["context_" + _NAMES[sign]], rows, active[sign])
         merged = p if merged is None else np.maximum(merged, p)
-        del context
     return merged
+
+
+def defect_probability(luma: np.ndarray, polarity: str = "both") -> np.ndarray:
+    """Per-pixel probability of damage: the mean over the ensemble's members.
+
+    The members are trained on different draws, features and sizes; they agree on damage more than on the
+    texture each one mistakes for it.
+    """
+    signs = {"both": (1, -1), "bright": (1,), "dark": (-1,)}[polarity]
+    maps, active = {}, {}
+    for sign, (sign_maps, sign_active) in pixel_features(np.ascontiguousarray(luma, np.float32)).items():
+        maps[sign], active[sign] = sign_maps, sign_active
+    members = _members()
+    total = sum(member_probability(member, maps, active, signs) for member in members)
+    return total / np.float32(len(members))
 
 
 def _logit(p: float) -> float:
