@@ -11,14 +11,15 @@ import json
 import logging
 import math
 import re
+from typing import Awaitable, Callable, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from shared.contract import BadRequest, InvalidParams, StageError
-from shared.imaging import (check_pixel_limit, decode_image, encode_png, png_to_jpeg, probe_size, verify_png,
-                            verify_upload)
+from shared.imaging import (check_pixel_limit, check_upload_header, decode_image, encode_png, png_to_jpeg,
+                            probe_size, verify_png, verify_upload, verify_upload_data)
 from shared.openapi import endpoint_openapi, error_responses, image_response, install_error_handlers
 from shared.settings import load_settings
 from shared.upload import read_multipart, reject_unknown_fields
@@ -31,6 +32,7 @@ from .jobs_store import JobSettings
 from .settings import Settings
 
 log = logging.getLogger("restore.gateway")
+T = TypeVar("T")
 # Validated at import: a bad variable stops the gateway with a message naming it.
 SETTINGS = Settings.from_env()
 # Bytes one /v1/finish may hold per result pixel: the upload and the result PNG (up to 8 bytes a pixel
@@ -70,12 +72,22 @@ FINISH_OTHER_FIELDS = frozenset({"format", "quality"})
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-async def validated_upload(request: Request, max_pixels: int, known_fields: frozenset[str]) -> tuple[bytes, dict]:
-    data, fields = await read_multipart(request, request.app.state.settings.input_upload_limit)
-    reject_unknown_fields(fields, known_fields)
-    # Checked here, so bad uploads are rejected before any stage is called (inputs are at most MAX_PIXELS).
-    await run_in_threadpool(verify_upload, data, max_pixels)
-    return data, fields
+async def run_verified(data: bytes, max_pixels: int, chain: Callable[[], Awaitable[T]]) -> T:
+    """``chain()`` run while the upload's image data is checked beside it (the first stage decodes it anyway:
+    the check costs no wall time on a machine with a core to spare). The header and the pixel limit are
+    checked before anything is sent. A corrupt upload is answered with the gateway's own 400 (the chain is
+    cancelled, which tells its stage to stop), whatever the chain did meanwhile."""
+    fmt, width, height = check_upload_header(data, max_pixels)
+    check = asyncio.ensure_future(run_in_threadpool(verify_upload_data, data, fmt, width, height, max_pixels))
+    work = asyncio.ensure_future(chain())
+    try:
+        await check
+    except BaseException:
+        work.cancel()
+        with contextlib.suppress(BaseException):
+            await work
+        raise
+    return await work
 
 
 def check_large_upload(data: bytes, max_pixels: int) -> None:
@@ -127,9 +139,16 @@ async def steps_from_fields(request: Request, mode: str, fields: dict[str, str])
 
 
 async def run_synchronously(request: Request, mode: str) -> Response:
-    data, fields = await validated_upload(request, request.app.state.settings.max_pixels, known_fields(mode))
-    steps = await steps_from_fields(request, mode, fields)
-    outcome = await run_chain(request.app.state.client, data, steps)
+    data, fields = await read_multipart(request, request.app.state.settings.input_upload_limit)
+    reject_unknown_fields(fields, known_fields(mode))
+    max_pixels = request.app.state.settings.max_pixels
+    fmt, width, height = check_upload_header(data, max_pixels)
+    try:
+        steps = await steps_from_fields(request, mode, fields)
+    except StageError:  # what is wrong with the upload is said first, as when it was checked up front
+        await run_in_threadpool(verify_upload_data, data, fmt, width, height, max_pixels)
+        raise
+    outcome = await run_verified(data, max_pixels, lambda: run_chain(request.app.state.client, data, steps))
     return await chain_response(request, data, outcome)
 
 

@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable
 from starlette.concurrency import run_in_threadpool
 
 from shared.contract import InvalidParams, StageError, parse_json_field, validate_against_schema
-from shared.imaging import PNG_MEDIA_TYPE, RASTER_MEDIA_TYPE, decode_any, encode_png, is_raster, transport_size
+from shared.imaging import PNG_MEDIA_TYPE, decode_any, encode_png, media_type_of, transport_size
 
 from .client import StageClient
 
@@ -199,9 +199,7 @@ async def run_chain(client: StageClient, image: bytes, steps: list[Step],
     id ``<request_id_prefix>.<step index>`` so its progress can be asked for.
     """
     outcome = outcome if outcome is not None else ChainOutcome(image=None)
-    current, current_type = image, PNG_MEDIA_TYPE
-    if start and is_raster(image):  # resumed from a saved intermediate image
-        current_type = RASTER_MEDIA_TYPE
+    current, current_type = image, media_type_of(image)  # a resumed job may start from a raster checkpoint
     size = await run_in_threadpool(transport_size, image)
     max_pixels = client.settings.largest_result_pixels
     for index in range(start, len(steps)):

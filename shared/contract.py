@@ -15,6 +15,8 @@ STAGE_NAMES = ("denoise", "deblur", "colorize", "upscale", "postprocess", "repai
 DEFAULT_PORTS = {"gateway": 8000, "denoise": 8101, "deblur": 8102, "colorize": 8103, "upscale": 8104,
                  "postprocess": 8105, "repair": 8106, "tone": 8107, "ui": 8501}
 PROCESS_TIME_HEADER = "X-Process-Time-Ms"
+# /process params as a header, for a request whose body is the image alone (the gateway's hops)
+PARAMS_HEADER = "X-Stage-Params"
 
 
 class StageError(Exception):

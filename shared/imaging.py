@@ -262,6 +262,8 @@ def encode_jpeg(picture: Picture, quality: int = 92) -> bytes:
 
 RASTER_MEDIA_TYPE = "application/x-restore-raster"
 PNG_MEDIA_TYPE = "image/png"
+# Media types a stage takes as a whole request body (the image alone, params in a header)
+RAW_BODY_TYPES = frozenset({PNG_MEDIA_TYPE, "image/jpeg", RASTER_MEDIA_TYPE})
 RASTER_MAGIC = b"RRASTER1"
 _RASTER_FIXED = struct.Struct("<8sIIBBII")  # magic, width, height, channels, bit depth, EXIF and ICC lengths
 _CHANNEL_LAYOUTS = {1: (True, False), 2: (True, True), 3: (False, False), 4: (False, True)}  # -> (gray, alpha)
@@ -449,6 +451,14 @@ def is_raster(data: bytes | bytearray | memoryview) -> bool:
     return bytes(data[:len(RASTER_MAGIC)]) == RASTER_MAGIC
 
 
+def media_type_of(data: bytes | bytearray | memoryview) -> str:
+    """The media type to label an image sent on with: the raster transport, JPEG, else PNG (the decoder
+    goes by the bytes; the label is for the reader)."""
+    if is_raster(data):
+        return RASTER_MEDIA_TYPE
+    return "image/jpeg" if bytes(data[:2]) == b"\xff\xd8" else PNG_MEDIA_TYPE
+
+
 def transport_size(data: bytes) -> tuple[int, int]:
     """Width and height of an upload (after its EXIF orientation) or of a raster-transport image."""
     if is_raster(data):
@@ -495,8 +505,20 @@ def verify_upload(data: bytes, max_pixels: int) -> tuple[int, int]:
     The gateway's check before any stage is called, at a fraction of a decode: a PNG is inflated and
     counted with every CRC checked; a JPEG's whole entropy-coded stream is decoded at 1/8 scale.
     """
+    fmt, width, height = check_upload_header(data, max_pixels)
+    verify_upload_data(data, fmt, width, height, max_pixels)
+    return _oriented(data, fmt, width, height)
+
+
+def check_upload_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
+    """Format, width and height from the header of a JPEG or PNG within ``max_pixels`` (nothing decoded)."""
     fmt, width, height = probe_size(data)
     check_pixel_limit(width, height, max_pixels)
+    return fmt, width, height
+
+
+def verify_upload_data(data: bytes, fmt: str, width: int, height: int, max_pixels: int) -> None:
+    """The rest of ``verify_upload`` once the header is checked: the image data is intact, else 400."""
     try:
         if fmt == "PNG":
             verify_png(data, max_pixels)
@@ -507,7 +529,6 @@ def verify_upload(data: bytes, max_pixels: int) -> tuple[int, int]:
     except (OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
         log.info("undecodable %s upload: %r", fmt, exc)
         raise BadRequest(f"the {fmt} image data is corrupt or truncated", code="corrupt_image") from None
-    return _oriented(data, fmt, width, height)
 
 
 def png_to_jpeg(png: bytes, quality: int = 92) -> bytes:

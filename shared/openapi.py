@@ -75,10 +75,18 @@ def endpoint_openapi(fields: dict[str, dict[str, Any]], ok: dict[str, Any], erro
 
 PARAMS_FIELD = {"type": "string", "description": "JSON object of the stage's parameters (see /info)",
                 "example": "{}"}
+# /process also takes the image alone as the body (image/png, image/jpeg or the gateway's raster transport)
+# with the params in the X-Stage-Params header.
 STAGE_PROCESS_OPENAPI = endpoint_openapi(
     {"params": PARAMS_FIELD},
     image_response("the processed image (lossless PNG) with X-Process-Time-Ms and X-Image-Size"),
     (400, 413, 415, 422, 500, 503))
+STAGE_PROCESS_OPENAPI["requestBody"]["content"].update(
+    {media_type: {"schema": {"type": "string", "format": "binary"}}
+     for media_type in ("image/png", "image/jpeg", "application/x-restore-raster")})
+STAGE_PROCESS_OPENAPI["parameters"] = [{
+    "name": "X-Stage-Params", "in": "header", "required": False, "schema": PARAMS_FIELD,
+    "description": "with an image body: the JSON object of the stage's parameters (the multipart form's params)"}]
 STAGE_DECIDE_OPENAPI = endpoint_openapi(
     {"params": PARAMS_FIELD},
     {"description": "what /process would decide for this image",

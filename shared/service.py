@@ -20,13 +20,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from .contract import (PROCESS_TIME_HEADER, Aborted, Param, StageContext, params_schema, parse_params_json,
+from .contract import (PARAMS_HEADER, PROCESS_TIME_HEADER, Aborted, Param, StageContext, params_schema, parse_params_json,
                        validate_params)
-from .imaging import Picture, accepts_raster, decode_any, encode_for, is_grayscale
+from .imaging import RAW_BODY_TYPES, Picture, accepts_raster, decode_any, encode_for, is_grayscale
 from .openapi import STAGE_DECIDE_OPENAPI, STAGE_PROCESS_OPENAPI, install_error_handlers
 from .settings import StageSettings, cached_settings
 from .throughput import Throughput
-from .upload import read_multipart, reject_unknown_fields
+from .upload import read_multipart, read_raw_image, reject_unknown_fields
 
 log = logging.getLogger("restore.service")
 
@@ -226,7 +226,14 @@ PROCESS_FIELDS = frozenset({"params"})
 
 
 async def read_process_form(request: Request, max_bytes: int) -> tuple[bytes, dict]:
-    """``/process`` input: the image and its JSON ``params`` object (the body limit applies while reading)."""
+    """``/process`` input: the image and its JSON ``params`` object (the body limit applies while reading).
+
+    Multipart with ``image`` and ``params`` fields, or (the gateway's hops) the image alone as the body with
+    its media type, and the params in the X-Stage-Params header: no multipart to build and parse per hop."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type in RAW_BODY_TYPES:
+        data = await read_raw_image(request, max_bytes)
+        return data, parse_params_json(request.headers.get(PARAMS_HEADER))
     data, fields = await read_multipart(request, max_bytes)
     reject_unknown_fields(fields, PROCESS_FIELDS)
     return data, parse_params_json(fields.get("params"))

@@ -77,6 +77,15 @@ async def read_multipart(request: Request, max_bytes: int) -> tuple[bytes, dict[
     return trim_to_image(data), fields
 
 
+async def read_raw_image(request: Request, max_bytes: int) -> bytes:
+    """A request whose whole body is the image (trimmed to the image's own end), under the same limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise UploadTooLarge(f"the upload ({declared} bytes) exceeds the {max_bytes}-byte limit")
+    chunks = [chunk async for chunk in _limited(request.stream(), max_bytes)]
+    return trim_to_image(b"".join(chunks))
+
+
 def reject_unknown_fields(fields: dict[str, str], known: set[str] | frozenset[str]) -> None:
     """422 naming the first form field the endpoint does not take (a typo would otherwise be ignored)."""
     unknown = sorted(set(fields) - set(known))

@@ -40,8 +40,11 @@ async def info():
 
 @app.post("/process")
 async def process(request: Request):
-    form = await request.form()
-    data = await form["image"].read()
+    if request.headers.get("content-type", "").startswith("multipart/"):
+        form = await request.form()
+        data = await form["image"].read()
+    else:  # the gateway sends the image as the whole body
+        data = await request.body()
     with Image.open(io.BytesIO(data)) as im:
         width, height = im.size
     mode = state["mode"]

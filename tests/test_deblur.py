@@ -311,6 +311,22 @@ def test_maxim_deblurs_and_tiling_is_seamless(maxim, blurred_pair):
     assert psnr(tiled, untiled) > 40  # no visible seams
 
 
+def test_large_windows_trim_the_heap_between_blocks(maxim, monkeypatch):
+    """A window from TRIM_BETWEEN_BLOCKS_PIXELS on hands free heap pages back between the network's blocks
+    (peak RSS at 2 MP: bench/deblur.py); a smaller one only after the window. The output is the same."""
+    import services.deblur.maxim_runner as runner_module
+    trims = []
+    monkeypatch.setattr(runner_module, "release_free_memory", lambda: trims.append(1))
+    rgb = np.random.default_rng(3).random((64, 128, 3), dtype=np.float32)
+    small = maxim.window(rgb)
+    assert len(trims) == 1
+    monkeypatch.setattr(runner_module, "TRIM_BETWEEN_BLOCKS_PIXELS", 64 * 128)
+    trims.clear()
+    large = maxim.window(rgb)
+    assert len(trims) > 20
+    np.testing.assert_array_equal(small, large)
+
+
 @pytest.mark.parametrize("height,width", [(1224, 1632), (1632, 1224), (1080, 1920), (2000, 3000), (384, 512),
                                           (340, 300), (70, 2000), (5, 3)])
 def test_tile_plan(height, width):

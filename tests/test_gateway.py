@@ -191,6 +191,20 @@ def test_gateway_survives_bad_inputs(stack, endpoint):
     assert httpx.get(stack.url("gateway") + "/health").status_code == 200
 
 
+@pytest.mark.parametrize("endpoint", ["/v1/restore", "/v1/pipeline"])
+def test_corrupt_image_data_is_the_gateways_400_though_the_chain_started(stack, endpoint):
+    """The header is intact, so the chain starts while the image data is checked beside it; the damage is
+    answered by the gateway (no stage named), not by whichever stage met it first."""
+    png = bytearray(png_of(photo("coffee")[:96, :128]))
+    png[len(png) // 2] ^= 0xFF  # inside IDAT: its CRC no longer matches
+    response = post(stack.url("gateway") + endpoint, bytes(png), stages=[{"stage": "denoise"}]) \
+        if endpoint == "/v1/pipeline" else post(stack.url("gateway") + endpoint, bytes(png))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "corrupt_image" and error["stage"] is None, error
+    assert httpx.get(stack.url("gateway") + "/health").status_code == 200
+
+
 def test_empty_advanced_chain_returns_the_upload_pixel_for_pixel(stack):
     original = photo("coffee")[:40, :50]
     response = post(stack.url("gateway") + "/v1/pipeline", jpeg_of(original), stages=[])

@@ -92,6 +92,44 @@ def test_stage_answers_raster_only_when_asked(stack):
     assert again.status_code == 200 and again.content == reference.content
 
 
+def test_stage_takes_the_image_as_the_whole_body_with_params_in_a_header(stack):
+    """The gateway's hops: the image alone as the body (PNG, JPEG or raster) and X-Stage-Params; the same
+    answer as the multipart form, and the same 4xx errors for what is wrong."""
+    from .helpers import jpeg_of
+    url = stack.url("postprocess") + "/process"
+    image = png_of(photo()[100:148, 150:214])
+    params = json.dumps({"blur_sigma": 1.0, "sharpen_amount": 0.5})
+    form = httpx.post(url, files={"image": ("a.png", image, "image/png")}, data={"params": params}, timeout=60)
+
+    def raw(body: bytes, media_type: str, header: str | None = params, **headers) -> httpx.Response:
+        sent = {"Content-Type": media_type, **headers}
+        if header is not None:
+            sent["X-Stage-Params"] = header
+        return httpx.post(url, content=body, headers=sent, timeout=60)
+
+    plain = raw(image, "image/png")
+    assert plain.status_code == 200 and plain.content == form.content
+    asked = raw(image, "image/png", Accept=RASTER_MEDIA_TYPE)
+    assert asked.headers["content-type"] == RASTER_MEDIA_TYPE
+    assert raw(asked.content, RASTER_MEDIA_TYPE).content == raw(form.content, "image/png").content  # same pixels
+    defaults = httpx.post(url, files={"image": ("a.png", image, "image/png")}, timeout=60)
+    assert raw(image, "image/png", header=None).content == defaults.content  # no header: the defaults
+    assert raw(jpeg_of(photo()[:64, :64]), "image/jpeg").status_code == 200
+    assert raw(image + b"trailing bytes", "image/png").content == form.content  # cut at the image's end
+
+    for response, status, field in [
+            (raw(image, "image/png", header="{not json"), 422, "params"),
+            (raw(image, "image/png", header='{"blur_sigma": -3}'), 422, "blur_sigma"),
+            (raw(image, "image/png", header='{"no_such": 1}'), 422, "no_such"),
+            (raw(b"", "image/png"), 400, None),
+            (raw(image[:len(image) // 2], "image/png"), 400, None),
+            (raw(b"%PDF-1.4 not an image", "image/png"), 415, None),
+            (raw(asked.content[:-5], RASTER_MEDIA_TYPE), 400, None)]:
+        assert response.status_code == status, (status, response.text)
+        error = response.json()["error"]
+        assert error["message"] and (field is None or error["field"] == field), error
+
+
 CHAIN = [{"stage": "denoise"}, {"stage": "post-denoise", "params": {"blur_sigma": 0.8}},
          {"stage": "sharpen", "params": {"sharpen_amount": 0.6}}]
 
