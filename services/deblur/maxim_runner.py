@@ -49,9 +49,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def release_free_memory() -> None:
-    """Hand the heap's free pages back to the OS (glibc ``malloc_trim``), after each window: the network's
-    large, short-lived activations otherwise stay on a fragmented heap and keep the RSS near twice the
-    memory in use. (Sending them to mmap instead, M_MMAP_THRESHOLD, cost every allocation fresh zeroed
+    """Hand the heap's free pages back to the OS (glibc ``malloc_trim``), after each window (and, in large
+    windows, between the network's blocks): the network's large, short-lived activations otherwise stay on
+    a fragmented heap and keep the RSS near twice the memory in use. (Sending them to mmap instead, M_MMAP_THRESHOLD, cost every allocation fresh zeroed
     pages: bench/deblur.py measured it slower by half.)"""
     trim = _malloc_trim()
     if trim is not None:
