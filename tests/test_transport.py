@@ -128,6 +128,10 @@ def test_stage_takes_the_image_as_the_whole_body_with_params_in_a_header(stack):
         assert response.status_code == status, (status, response.text)
         error = response.json()["error"]
         assert error["message"] and (field is None or error["field"] == field), error
+    # over denoise's body limit (an image of MAX_PIXELS cannot need it): refused from the Content-Length
+    too_large = httpx.post(stack.url("denoise") + "/process", content=image + bytes(40 * 1024 * 1024),
+                           headers={"Content-Type": "image/png"}, timeout=60)
+    assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "upload_too_large"
 
 
 CHAIN = [{"stage": "denoise"}, {"stage": "post-denoise", "params": {"blur_sigma": 0.8}},
