@@ -72,16 +72,15 @@ FINISH_OTHER_FIELDS = frozenset({"format", "quality"})
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-async def run_verified(data: bytes, max_pixels: int, chain: Callable[[], Awaitable[T]]) -> T:
-    """``chain()`` run while the upload's image data is checked beside it (the first stage decodes it anyway:
-    the check costs no wall time on a machine with a core to spare). The header and the pixel limit are
-    checked before anything is sent. A corrupt upload is answered with the gateway's own 400 (the chain is
-    cancelled, which tells its stage to stop), whatever the chain did meanwhile."""
-    fmt, width, height = check_upload_header(data, max_pixels)
-    check = asyncio.ensure_future(run_in_threadpool(verify_upload_data, data, fmt, width, height, max_pixels))
+async def run_checked(check: Awaitable[None], chain: Callable[[], Awaitable[T]]) -> T:
+    """``chain()`` run while ``check`` (the upload's image data check) runs beside it: the first stage decodes
+    the upload anyway, so the check costs no wall time on a machine with a core to spare. A corrupt upload is
+    answered with the gateway's own 400 (the chain is cancelled, which tells its stage to stop), whatever the
+    chain did meanwhile."""
+    checking = asyncio.ensure_future(check)
     work = asyncio.ensure_future(chain())
     try:
-        await check
+        await checking
     except BaseException:
         work.cancel()
         with contextlib.suppress(BaseException):
@@ -142,13 +141,16 @@ async def run_synchronously(request: Request, mode: str) -> Response:
     data, fields = await read_multipart(request, request.app.state.settings.input_upload_limit)
     reject_unknown_fields(fields, known_fields(mode))
     max_pixels = request.app.state.settings.max_pixels
-    fmt, width, height = check_upload_header(data, max_pixels)
+    header = check_upload_header(data, max_pixels)  # format, size and pixel limit, before anything is sent
+
+    def check_data() -> Awaitable[None]:
+        return run_in_threadpool(verify_upload_data, data, *header, max_pixels)
     try:
         steps = await steps_from_fields(request, mode, fields)
     except StageError:  # what is wrong with the upload is said first, as when it was checked up front
-        await run_in_threadpool(verify_upload_data, data, fmt, width, height, max_pixels)
+        await check_data()
         raise
-    outcome = await run_verified(data, max_pixels, lambda: run_chain(request.app.state.client, data, steps))
+    outcome = await run_checked(check_data(), lambda: run_chain(request.app.state.client, data, steps))
     return await chain_response(request, data, outcome)
 
 

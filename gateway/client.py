@@ -11,7 +11,7 @@ import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from shared.contract import PARAMS_HEADER, StageError
-from shared.imaging import PNG_MEDIA_TYPE, RASTER_MEDIA_TYPE, verify_image_answer
+from shared.imaging import PNG_MEDIA_TYPE, RASTER_MEDIA_TYPE, media_type_of, verify_image_answer
 
 from .balancer import Replica, ReplicaSet
 from .settings import Settings
@@ -163,9 +163,9 @@ class StageClient:
         replica = self.replicas[service].acquire()
         self.replicas[service].release(replica)  # a short call: balanced, but not counted as load
         try:
-            response = await self.http.post(
-                replica.url + "/decide", files={"image": ("image", image, "application/octet-stream")},
-                data={"params": json.dumps(params)}, timeout=self._timeout(service))
+            response = await self.http.post(  # like /process: the image as the body, the params in a header
+                replica.url + "/decide", content=image, timeout=self._timeout(service),
+                headers={"Content-Type": media_type_of(image), PARAMS_HEADER: json.dumps(params)})
             decision = response.json().get("decision") if response.status_code == 200 else None
         except (httpx.HTTPError, ValueError, AttributeError):
             return None

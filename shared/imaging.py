@@ -262,8 +262,9 @@ def encode_jpeg(picture: Picture, quality: int = 92) -> bytes:
 
 RASTER_MEDIA_TYPE = "application/x-restore-raster"
 PNG_MEDIA_TYPE = "image/png"
+JPEG_MEDIA_TYPE = "image/jpeg"
 # Media types a stage takes as a whole request body (the image alone, params in a header)
-RAW_BODY_TYPES = frozenset({PNG_MEDIA_TYPE, "image/jpeg", RASTER_MEDIA_TYPE})
+RAW_BODY_TYPES = (PNG_MEDIA_TYPE, JPEG_MEDIA_TYPE, RASTER_MEDIA_TYPE)
 RASTER_MAGIC = b"RRASTER1"
 _RASTER_FIXED = struct.Struct("<8sIIBBII")  # magic, width, height, channels, bit depth, EXIF and ICC lengths
 _CHANNEL_LAYOUTS = {1: (True, False), 2: (True, True), 3: (False, False), 4: (False, True)}  # -> (gray, alpha)
@@ -456,7 +457,7 @@ def media_type_of(data: bytes | bytearray | memoryview) -> str:
     goes by the bytes; the label is for the reader)."""
     if is_raster(data):
         return RASTER_MEDIA_TYPE
-    return "image/jpeg" if bytes(data[:2]) == b"\xff\xd8" else PNG_MEDIA_TYPE
+    return JPEG_MEDIA_TYPE if bytes(data[:2]) == b"\xff\xd8" else PNG_MEDIA_TYPE
 
 
 def transport_size(data: bytes) -> tuple[int, int]:

@@ -14,7 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from .contract import StageError, error_body
+from .contract import PARAMS_HEADER, StageError, error_body
+from .imaging import RAW_BODY_TYPES
 
 log = logging.getLogger("restore.errors")
 
@@ -82,10 +83,9 @@ STAGE_PROCESS_OPENAPI = endpoint_openapi(
     image_response("the processed image (lossless PNG) with X-Process-Time-Ms and X-Image-Size"),
     (400, 413, 415, 422, 500, 503))
 STAGE_PROCESS_OPENAPI["requestBody"]["content"].update(
-    {media_type: {"schema": {"type": "string", "format": "binary"}}
-     for media_type in ("image/png", "image/jpeg", "application/x-restore-raster")})
+    {media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in RAW_BODY_TYPES})
 STAGE_PROCESS_OPENAPI["parameters"] = [{
-    "name": "X-Stage-Params", "in": "header", "required": False, "schema": PARAMS_FIELD,
+    "name": PARAMS_HEADER, "in": "header", "required": False, "schema": PARAMS_FIELD,
     "description": "with an image body: the JSON object of the stage's parameters (the multipart form's params)"}]
 STAGE_DECIDE_OPENAPI = endpoint_openapi(
     {"params": PARAMS_FIELD},

@@ -36,15 +36,20 @@ async def _limited(stream: AsyncIterator[bytes], max_bytes: int) -> AsyncIterato
         yield chunk
 
 
+def refuse_declared_over(request: Request, max_bytes: int) -> None:
+    """413 for a body whose declared Content-Length is over the limit, before anything is read."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise UploadTooLarge(f"the upload ({declared} bytes) exceeds the {max_bytes}-byte limit")
+
+
 async def read_multipart(request: Request, max_bytes: int) -> tuple[bytes, dict[str, str]]:
     """The multipart ``image`` file (trimmed to the image's own end) and the text fields.
 
     The limit counts the body's bytes as they arrive; a declared Content-Length over it is refused before
     anything is read.
     """
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise UploadTooLarge(f"the upload ({declared} bytes) exceeds the {max_bytes}-byte limit")
+    refuse_declared_over(request, max_bytes)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise BadRequest("send multipart/form-data with an 'image' file field", code="missing_image")
     parser = MultiPartParser(request.headers, _limited(request.stream(), max_bytes), max_files=1,
@@ -79,9 +84,7 @@ async def read_multipart(request: Request, max_bytes: int) -> tuple[bytes, dict[
 
 async def read_raw_image(request: Request, max_bytes: int) -> bytes:
     """A request whose whole body is the image (trimmed to the image's own end), under the same limit."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise UploadTooLarge(f"the upload ({declared} bytes) exceeds the {max_bytes}-byte limit")
+    refuse_declared_over(request, max_bytes)
     chunks = [chunk async for chunk in _limited(request.stream(), max_bytes)]
     return trim_to_image(b"".join(chunks))
 
