@@ -28,6 +28,8 @@ import cv2
 import httpx
 import numpy as np
 
+from bench.timing import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT.parent / "shared" / "images"
 CHAIN = [{"stage": "denoise"},
@@ -137,7 +139,7 @@ def main() -> None:
             env["JOBS_SQLITE_PATH"] = str(log_dir / "jobs.sqlite3")
         stages = {name: procs.uvicorn(name, f"services.{name}.app:app", env) for name in ("denoise", "postprocess")}
         upscale = [procs.uvicorn(f"upscale-{i}", "services.upscale.app:app", env) for i in range(2)]
-        print(f"machine: 2-core AMD EPYC Zen4 (shared, loaded); {args.jobs} jobs per run; backend "
+        print(f"machine: {machine()}; {args.jobs} jobs per run; backend "
               f"{'redis' if redis else 'sqlite'}; chain {[s['stage'] for s in CHAIN]} on 128x128")
         print(f"{'workers':>7s} {'replicas':>8s} {'jobs/min':>9s} {'ratio':>6s} {'p50 s':>7s} {'p95 s':>7s} "
               f"{'done':>6s}")

@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.timing import best_of
+from bench.timing import best_of, machine
 from services.repair.detect import detect
 from services.repair.stage import PARAMS, _LUMA, fill, repair
 from shared.contract import StageContext, validate_params
@@ -113,7 +113,7 @@ def main() -> int:
         return 0
     photos = load_photos(args.quick)
     seeds = (1, 2) if args.quick else (1, 2, 3)
-    print("machine: this project's 2-core AMD EPYC Zen4 (shared and loaded); times are best-of runs\n")
+    print(f"machine: {machine()}; times are best-of runs\n")
     print(f"{'photo':24s} {'F1':>6s} {'prec':>6s} {'recall':>6s} {'clean%':>7s} {'dmg dB':>7s} {'telea':>7s} "
           f"{'sparse':>7s} {'stage':>7s}  {'clean% on visible pixels (alpha photos)':s}")
     tp = fp = fn = 0

@@ -21,6 +21,8 @@ import httpx
 import numpy as np
 import psutil
 
+from bench.timing import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT.parent / "shared" / "images"
 
@@ -93,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(TYPICAL), help="comma-separated stages")
     args = parser.parse_args()
-    print("machine: 2-core AMD EPYC Zen4 (shared, loaded) unless stated otherwise")
+    print(f"machine: {machine()}")
     print(f"{'stage':12s} {'status':>6s} {'idle MiB':>9s} {'peak MiB':>9s} {'cpu s':>7s} {'wall s':>7s}")
     for stage in args.only.split(","):
         row = measure(stage)

@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 
 from bench.deblur import motion_kernel
-from bench.timing import best_of
+from bench.timing import best_of, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("repair", "denoise", "deblur", "tone", "colorize", "upscale", "postprocess")
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     (ROOT / "artifacts").mkdir(exist_ok=True)
     sections = args.sections.split(",")
-    print("machine:", os.uname().machine, os.cpu_count(), "CPUs; shared and loaded: compare ratios, not absolutes")
+    print(f"machine: {machine()}; compare ratios, not absolutes")
     if "hops" in sections:
         hops_section(args.runs)
     if "simple" in sections:

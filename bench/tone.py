@@ -21,8 +21,6 @@ artifacts/tone_sheet.png; ``--docs`` also writes a small copy to docs/tone_sheet
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import cv2
 import numpy as np
 from skimage.color import deltaE_ciede2000, rgb2lab
 
-from bench.timing import best_of
+from bench.timing import best_of, machine
 from services.tone.stage import PARAMS, tone
 from shared.contract import StageContext, validate_params
 from shared.imaging import Picture, decode_image
@@ -241,16 +239,6 @@ def chain_position(photos: dict) -> None:
     mean = sums / len(chosen)
     print(f"{'mean':<22}{mean[0]:>15.2f}{mean[1]:>15.2f}  -> "
           f"{'tone before denoise' if mean[0] < mean[1] else 'tone after denoise'} is closer")
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (timings are noisy when loaded)"
 
 
 def main(argv: list[str] | None = None) -> int:
