@@ -37,8 +37,9 @@ FADE = 32  # width of the linear cross-fade between neighbouring windows
 # photo go through in four windows (bench/deblur.py prints the peak RSS); DEBLUR_MAX_WINDOW_PIXELS overrides.
 DEFAULT_MAX_WINDOW_PIXELS = 1024 * 640
 # From this window size on, the heap is also trimmed between the network's blocks, not only after each
-# window: the blocks' activations leave holes that would otherwise add about a third to the peak RSS of a
-# large window. Small windows skip it (their peak is small, and each trim costs page faults later).
+# window: the blocks' freed activations leave holes that otherwise raise a large window's peak RSS well above
+# the memory in use (bench/deblur.py prints it). Small windows skip it (their peak is small, and each trim
+# costs page faults later).
 TRIM_BETWEEN_BLOCKS_PIXELS = 256 * 1024
 # fp32 activations take about twice the memory of bf16 / fp16 ones: half the window for the same budget.
 FP32_WINDOW_FACTOR = 0.5
@@ -51,8 +52,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 def release_free_memory() -> None:
     """Hand the heap's free pages back to the OS (glibc ``malloc_trim``), after each window (and, in large
     windows, between the network's blocks): the network's large, short-lived activations otherwise stay on
-    a fragmented heap and keep the RSS near twice the memory in use. (Sending them to mmap instead, M_MMAP_THRESHOLD, cost every allocation fresh zeroed
-    pages: bench/deblur.py measured it slower by half.)"""
+    a fragmented heap and keep the RSS far above the memory in use. (Sending them to mmap instead,
+    M_MMAP_THRESHOLD, gives every allocation fresh zeroed pages: bench/deblur.py measured it slower.)"""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
