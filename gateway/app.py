@@ -24,7 +24,7 @@ from shared.openapi import endpoint_openapi, error_responses, image_response, in
 from shared.settings import load_settings
 from shared.upload import read_multipart, reject_unknown_fields
 
-from .chains import (STEPS, ChainOutcome, build_advanced_steps, parse_advanced_chain, run_chain,
+from .chains import (FUSIONS, STEPS, ChainOutcome, build_advanced_steps, parse_advanced_chain, run_chain,
                      simple_chain)
 from .client import StageClient
 from .jobs import Jobs
@@ -236,8 +236,12 @@ async def stages(request: Request):
             return {"service": service, "status": "down", "error": exc.body()["error"]}
 
     described = dict(zip(services, await asyncio.gather(*(describe(s) for s in services))))
+    settings = request.app.state.settings
+    # steps that go to their service as one call, and the params each contributes (for time estimates)
+    fusions = [{"steps": list(pair), **fusion.describe()} for pair, fusion in FUSIONS.items()] \
+        if settings.fuse_steps else []
     return {"steps": {name: {"service": service, "pinned_params": pinned} for name, (service, pinned) in STEPS.items()},
-            "services": described, "max_pixels": request.app.state.settings.max_pixels}
+            "fusions": fusions, "services": described, "max_pixels": settings.max_pixels}
 
 
 @app.get("/health", responses=error_responses((500,)))

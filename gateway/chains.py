@@ -192,24 +192,28 @@ StepDoneHook = Callable[[int, ChainOutcome], Awaitable[None]]
 @dataclass(frozen=True)
 class Fusion:
     """Two consecutive steps that one call of their common service runs as well as two calls would: the
-    second hop (the image to the gateway and back, its conversions) is saved. ``merge`` makes the one call's
-    params from the two steps'; ``parts`` names each step's share in the stage's ``parts_header`` report."""
+    second hop (the image to the gateway and back, its conversions) is saved. ``takes`` names the params
+    each step contributes to that call; ``parts`` names each step's share in the stage's ``parts_header``
+    report of what the call cost."""
     service: str
-    merge: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+    takes: tuple[frozenset[str], frozenset[str]]
     parts_header: str
     parts: tuple[str, str]
 
+    def merge(self, first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+        """The one call's params: each step's own (a param a step leaves unset keeps the service's default)."""
+        return {**{k: v for k, v in first.items() if k in self.takes[0]},
+                **{k: v for k, v in second.items() if k in self.takes[1]}}
 
-def _finish_params(post_denoise: dict[str, Any], sharpen: dict[str, Any]) -> dict[str, Any]:
-    # postprocess blurs, then sharpens: post-denoise's blur with sharpen's unsharp mask
-    merged = {k: v for k, v in sharpen.items() if k != "blur_sigma"}
-    if "blur_sigma" in post_denoise:
-        merged["blur_sigma"] = post_denoise["blur_sigma"]
-    return merged
+    def describe(self) -> dict[str, Any]:
+        return {"service": self.service, "takes": [sorted(keys) for keys in self.takes]}
 
 
+# postprocess blurs, then sharpens: post-denoise's blur with sharpen's unsharp mask
 FUSIONS: dict[tuple[str, str], Fusion] = {
-    ("post-denoise", "sharpen"): Fusion("postprocess", _finish_params, "x-postprocess-ms", ("blur", "sharpen")),
+    ("post-denoise", "sharpen"): Fusion(
+        "postprocess", (frozenset({"blur_sigma"}), frozenset({"sharpen_amount", "sharpen_radius", "sharpen_threshold"})),
+        "x-postprocess-ms", ("blur", "sharpen")),
 }
 
 

@@ -96,3 +96,26 @@ def test_estimate_is_within_a_factor_of_1_5_of_the_real_time(stack, shared_image
                            f"real {r['real_s']:7.2f} s  ratio {r['ratio']:.2f}" for r in rows))
     for row in rows:
         assert 1 / FACTOR <= row["ratio"] <= FACTOR, rows
+
+
+def test_fused_steps_are_priced_as_the_one_call_they_make():
+    """post-denoise then sharpen is one postprocess call (/v1/stages ``fusions``): priced once, from the
+    stage's record for the merged params, and shared by the two steps; without fusions, step by step."""
+    record = lambda s_per_mp: {"samples": 4, "seconds_per_mp": s_per_mp, "seconds_per_request": 0.0,
+                               "seconds_per_mp_fit": s_per_mp}
+    throughput = {**record(9.0), "by_params": [
+        {"params": {"blur_sigma": 1.0, "sharpen_amount": 2.0}, **record(0.4)},
+        {"params": {"blur_sigma": 1.0, "sharpen_amount": 0.0}, **record(0.1)},
+        {"params": {"blur_sigma": 0.0, "sharpen_amount": 2.0}, **record(0.3)}]}
+    stages = {"steps": {"post-denoise": {"service": "postprocess"}, "sharpen": {"service": "postprocess"}},
+              "services": {"postprocess": {"info": {"throughput": throughput}}},
+              "fusions": [{"steps": ["post-denoise", "sharpen"], "service": "postprocess",
+                           "takes": [["blur_sigma"], ["sharpen_amount", "sharpen_radius", "sharpen_threshold"]]}]}
+    steps = [("post-denoise", {"blur_sigma": 1.0, "sharpen_amount": 0.0}),
+             ("sharpen", {"blur_sigma": 0.0, "sharpen_amount": 2.0})]
+    fused = estimate.plan(stages, steps, (2000, 1000))
+    assert [(s.step, s.seconds) for s in fused.steps] == [("post-denoise", 0.4), ("sharpen", 0.4)]
+    apart = estimate.plan({**stages, "fusions": []}, steps, (2000, 1000))
+    assert [(s.step, s.seconds) for s in apart.steps] == [("post-denoise", 0.2), ("sharpen", 0.6)]
+    reverse = estimate.plan(stages, steps[::-1], (2000, 1000))
+    assert [s.seconds for s in reverse.steps] == [0.6, 0.2]

@@ -329,6 +329,11 @@ def test_stages_listing(stack):
         assert entry["status"] in ("ok", "unavailable")
         assert entry["info"]["stage"] == service
     assert listing["steps"]["sharpen"]["service"] == "postprocess"
+    # what the UI prices as one call: the pair, and the params each step gives it
+    postprocess_params = {p["name"] for p in listing["services"]["postprocess"]["info"]["params"]}
+    [fusion] = listing["fusions"]
+    assert fusion["steps"] == ["post-denoise", "sharpen"] and fusion["service"] == "postprocess"
+    assert set(fusion["takes"][0]) | set(fusion["takes"][1]) == postprocess_params
     health = httpx.get(stack.url("gateway") + "/health").json()
     assert health["status"] == "ok" and set(health["stages"]) == set(STAGES)
 

@@ -153,6 +153,24 @@ def ran_without_model(throughput: dict | None, params: dict[str, Any], megapixel
     return step_seconds(exact[0], params, megapixels) if exact else None
 
 
+def fused_calls(stages: dict, steps: list[tuple[str, dict[str, Any]]]) -> dict[int, dict[str, Any]]:
+    """index -> the params of the one call that runs steps ``index`` and ``index + 1``, where the gateway fuses
+    them (/v1/stages ``fusions``: the pair and the params each step contributes)."""
+    takes = {tuple(f["steps"]): f["takes"] for f in stages.get("fusions") or []}
+    fused: dict[int, dict[str, Any]] = {}
+    index = 0
+    while index + 1 < len(steps):
+        (first, first_params), (second, second_params) = steps[index], steps[index + 1]
+        keys = takes.get((first, second))
+        if keys is None:
+            index += 1
+            continue
+        fused[index] = {**{k: v for k, v in first_params.items() if k in keys[0]},
+                        **{k: v for k, v in second_params.items() if k in keys[1]}}
+        index += 2
+    return fused
+
+
 def plan(stages: dict, steps: list[tuple[str, dict[str, Any]]], size: tuple[int, int],
          usable: dict[str, bool] | None = None, kind: str | None = None,
          overhead: Overhead | None = None, decisions: dict[str, str] | None = None) -> Plan:
@@ -163,7 +181,10 @@ def plan(stages: dict, steps: list[tuple[str, dict[str, Any]]], size: tuple[int,
     decisions = decisions or {}
     overhead = overhead or Overhead()
     out = Plan(extra=overhead.per_job)
-    for step, params in steps:
+    fused = fused_calls(stages, steps)
+    for index, (step, params) in enumerate(steps):
+        if index - 1 in fused:      # priced with the step before it: one call runs both
+            continue
         service = stages.get("steps", {}).get(step, {}).get("service", step)
         megapixels = size[0] * size[1] / 1e6
         entry = stages.get("services", {}).get(service, {})
@@ -175,6 +196,18 @@ def plan(stages: dict, steps: list[tuple[str, dict[str, Any]]], size: tuple[int,
             if seconds is not None:
                 seconds += overhead.per_step
             out.steps.append(StepEstimate(step, service, params, megapixels, seconds or 0.0, skipped=seconds is None))
+            if index in fused:
+                second, second_params = steps[index + 1]
+                out.steps.append(StepEstimate(second, service, second_params, megapixels, 0.0,
+                                              skipped=seconds is None))
+            continue
+        if index in fused:
+            # one call of the service (the params as the gateway merges them), its time shared by both steps
+            seconds = step_seconds(throughput, fused[index], megapixels, kind)
+            share = None if seconds is None else (seconds + overhead.per_step) / 2
+            second, second_params = steps[index + 1]
+            out.steps += [StepEstimate(step, service, params, megapixels, share),
+                          StepEstimate(second, service, second_params, megapixels, share)]
             continue
         seconds = step_seconds(throughput, params, megapixels, kind, decisions.get(step))
         out.steps.append(StepEstimate(step, service, params, megapixels,
