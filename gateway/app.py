@@ -11,13 +11,13 @@ import json
 import logging
 import math
 import re
-from typing import Awaitable, Callable, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from shared.contract import BadRequest, InvalidParams, StageError
+from shared.heap import keep_freed_memory
 from shared.imaging import (check_pixel_limit, check_upload_header, decode_image, encode_png, png_to_jpeg,
                             probe_size, verify_png, verify_upload, verify_upload_data)
 from shared.openapi import endpoint_openapi, error_responses, image_response, install_error_handlers
@@ -32,9 +32,9 @@ from .jobs_store import JobSettings
 from .settings import Settings
 
 log = logging.getLogger("restore.gateway")
-T = TypeVar("T")
 # Validated at import: a bad variable stops the gateway with a message naming it.
 SETTINGS = Settings.from_env()
+keep_freed_memory(SETTINGS.heap_keep_mb)
 # Bytes one /v1/finish may hold per result pixel: the upload and the result PNG (up to 8 bytes a pixel
 # each at 16-bit RGBA, usually far less) and, for JPEG, the decoded 8-bit pixels.
 FINISH_BYTES_PER_PIXEL = 12
@@ -72,33 +72,13 @@ FINISH_OTHER_FIELDS = frozenset({"format", "quality"})
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-async def run_checked(check: Awaitable[None], chain: Callable[[], Awaitable[T]]) -> T:
-    """``chain()`` run while ``check`` (the upload's image data check) runs beside it: the first stage decodes
-    the upload anyway, so the check costs no wall time on a machine with a core to spare. A corrupt upload is
-    answered with the gateway's own 400 (the chain is cancelled, which tells its stage to stop), whatever the
-    chain did meanwhile."""
-    checking = asyncio.ensure_future(check)
-    work = asyncio.ensure_future(chain())
-    try:
-        await checking
-    except BaseException:
-        work.cancel()
-        with contextlib.suppress(BaseException):
-            await work
-        raise
-    return await work
-
-
 def check_large_upload(data: bytes, max_pixels: int) -> None:
     """/v1/finish takes results up to 16x MAX_PIXELS: checked from the header and, for PNG, inflated in
     steps without decoding; the postprocess stage is the one place that decodes it."""
     fmt, width, height = probe_size(data)
     check_pixel_limit(width, height, max_pixels)
     if fmt == "PNG":
-        try:
-            verify_png(data, max_pixels)
-        except ValueError:
-            raise BadRequest("the image data is corrupt or truncated", code="corrupt_image") from None
+        check_png(data, max_pixels, inflate=True)
 
 
 async def passthrough_original(data: bytes, max_pixels: int) -> bytes:
@@ -141,17 +121,29 @@ async def run_synchronously(request: Request, mode: str) -> Response:
     data, fields = await read_multipart(request, request.app.state.settings.input_upload_limit)
     reject_unknown_fields(fields, known_fields(mode))
     max_pixels = request.app.state.settings.max_pixels
-    header = check_upload_header(data, max_pixels)  # format, size and pixel limit, before anything is sent
-
-    def check_data() -> Awaitable[None]:
-        return run_in_threadpool(verify_upload_data, data, *header, max_pixels)
+    # Before anything is sent: the format, size and pixel limit from the header, and a PNG's chunks and CRCs
+    # (what a broken transfer damages). The image data itself is checked by the first stage's decode, and a
+    # stage that cannot decode the upload is answered as the gateway's own 400 (run_chain): inflating it
+    # here as well would cost the CPU the first stage is using.
+    fmt, width, height = check_upload_header(data, max_pixels)
+    if fmt == "PNG":
+        await run_in_threadpool(check_png, data, max_pixels, False)
     try:
         steps = await steps_from_fields(request, mode, fields)
-    except StageError:  # what is wrong with the upload is said first, as when it was checked up front
-        await check_data()
+        outcome = await run_chain(request.app.state.client, data, steps)
+    except StageError as exc:
+        if exc.code != "corrupt_image":  # what is wrong with the upload is said first (a bad param, a stage down)
+            await run_in_threadpool(verify_upload_data, data, fmt, width, height, max_pixels)
         raise
-    outcome = await run_checked(check_data(), lambda: run_chain(request.app.state.client, data, steps))
     return await chain_response(request, data, outcome)
+
+
+def check_png(data: bytes, max_pixels: int, inflate: bool) -> None:
+    """400 unless every chunk of the PNG is intact (and, ``inflate``, its image data inflates to its size)."""
+    try:
+        verify_png(data, max_pixels, inflate=inflate)
+    except ValueError:
+        raise BadRequest("the PNG image data is corrupt or truncated", code="corrupt_image") from None
 
 
 STRING = {"type": "string"}

@@ -5,13 +5,14 @@ Pipeline step names are what users see; each maps to one service plus parameters
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
 
-from shared.contract import InvalidParams, StageError, parse_json_field, validate_against_schema
+from shared.contract import BadRequest, InvalidParams, StageError, parse_json_field, validate_against_schema
 from shared.imaging import PNG_MEDIA_TYPE, decode_any, encode_png, media_type_of, transport_size
 
 from .client import StageClient
@@ -188,6 +189,66 @@ ProgressHook = Callable[[str, int, int], Awaitable[None]]
 StepDoneHook = Callable[[int, ChainOutcome], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """Two consecutive steps that one call of their common service runs as well as two calls would: the
+    second hop (the image to the gateway and back, its conversions) is saved. ``merge`` makes the one call's
+    params from the two steps'; ``parts`` names each step's share in the stage's ``parts_header`` report."""
+    service: str
+    merge: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+    parts_header: str
+    parts: tuple[str, str]
+
+
+def _finish_params(post_denoise: dict[str, Any], sharpen: dict[str, Any]) -> dict[str, Any]:
+    # postprocess blurs, then sharpens: post-denoise's blur with sharpen's unsharp mask
+    merged = {k: v for k, v in sharpen.items() if k != "blur_sigma"}
+    if "blur_sigma" in post_denoise:
+        merged["blur_sigma"] = post_denoise["blur_sigma"]
+    return merged
+
+
+FUSIONS: dict[tuple[str, str], Fusion] = {
+    ("post-denoise", "sharpen"): Fusion("postprocess", _finish_params, "x-postprocess-ms", ("blur", "sharpen")),
+}
+
+
+def fused_run(steps: list[Step], index: int, fuse: bool = True) -> list[Step]:
+    """The steps from ``index`` that one stage call runs: two when they fuse, else one."""
+    if fuse and index + 1 < len(steps):
+        fusion = FUSIONS.get((steps[index].name, steps[index + 1].name))
+        if fusion is not None and steps[index].service == steps[index + 1].service == fusion.service:
+            return steps[index:index + 2]
+    return steps[index:index + 1]
+
+
+def call_of(run: list[Step]) -> Step:
+    """The one stage call that runs ``run`` (one step, or two fused ones)."""
+    if len(run) == 1:
+        return run[0]
+    first, second = run
+    return Step(f"{first.name}+{second.name}", first.service, FUSIONS[(first.name, second.name)].merge(
+        first.params, second.params), skip_if_unavailable=first.skip_if_unavailable and second.skip_if_unavailable)
+
+
+def split_timing(run: list[Step], gateway_ms: float, stage_ms: float | None,
+                 headers: dict[str, str]) -> list[StepTiming]:
+    """Each step's timing; a fused call's times are shared out as the stage's report of its parts says
+    (evenly when it says nothing usable)."""
+    if len(run) == 1:
+        return [StepTiming(run[0].name, gateway_ms, stage_ms)]
+    fusion = FUSIONS[(run[0].name, run[1].name)]
+    try:
+        report = json.loads(headers.get(fusion.parts_header) or "{}")
+        spent = [max(0.0, float(report[part])) for part in fusion.parts]
+    except (ValueError, TypeError, KeyError):
+        spent = [0.0, 0.0]
+    total = sum(spent)
+    shares = [s / total for s in spent] if total > 0 else [0.5, 0.5]
+    return [StepTiming(step.name, gateway_ms * share, None if stage_ms is None else stage_ms * share)
+            for step, share in zip(run, shares)]
+
+
 async def run_chain(client: StageClient, image: bytes, steps: list[Step],
                     on_step_start: ProgressHook | None = None, outcome: ChainOutcome | None = None, *,
                     start: int = 0, on_step_done: StepDoneHook | None = None,
@@ -195,40 +256,51 @@ async def run_chain(client: StageClient, image: bytes, steps: list[Step],
     """Run ``steps[start:]`` in order on ``image``.
 
     ``outcome`` (filled as the chain goes) lets a caller watch progress live; ``on_step_done`` lets a durable
-    job save a checkpoint after each step, and ``start`` resumes from one. Each stage call carries the request
-    id ``<request_id_prefix>.<step index>`` so its progress can be asked for.
+    job save a checkpoint after each stage call, and ``start`` resumes from one. Each stage call carries the
+    request id ``<request_id_prefix>.<step index>`` so its progress can be asked for. Steps that fuse
+    (``FUSIONS``, unless settings say not to) go to their service in one call, reported as two steps.
     """
     outcome = outcome if outcome is not None else ChainOutcome(image=None)
     current, current_type = image, media_type_of(image)  # a resumed job may start from a raster checkpoint
     size = await run_in_threadpool(transport_size, image)
     max_pixels = client.settings.largest_result_pixels
-    for index in range(start, len(steps)):
-        step = steps[index]
+    index = start
+    while index < len(steps):
+        run = fused_run(steps, index, client.settings.fuse_steps)
+        step, last = call_of(run), index + len(run) - 1
         if on_step_start is not None:
-            await on_step_start(step.name, index, len(steps))
+            await on_step_start(run[0].name, index, len(steps))
         started = time.perf_counter()
         request_id = f"{request_id_prefix}.{index}" if request_id_prefix else None
         try:
             # Between stages the raster transport; the last stage answers the PNG the user gets.
             result = await client.process(step.service, current, step.params, request_id=request_id,
-                                          media_type=current_type, final=index == len(steps) - 1,
+                                          media_type=current_type, final=last == len(steps) - 1,
                                           expected_size=expected_output_size(step, size), max_pixels=max_pixels)
         except StageError as exc:
             if exc.status == 503 and exc.code == "model_unavailable" and step.skip_if_unavailable:
-                outcome.skipped.append((step.name, skip_reason(exc)))
+                outcome.skipped.extend((s.name, skip_reason(exc)) for s in run)
                 if on_step_done is not None:
-                    await on_step_done(index, outcome)
+                    await on_step_done(last, outcome)
+                index = last + 1
                 continue
+            if current is image and exc.status == 400 and exc.code == "corrupt_image":
+                # the stage could not decode the user's own upload: that is the upload's fault, answered as
+                # the gateway's check of it would be (no stage named)
+                raise BadRequest("the image data is corrupt or truncated (found while decoding it for "
+                                 f"'{step.name}')", code="corrupt_image") from None
             exc.stage = step.name
             raise
-        outcome.timings.append(StepTiming(step.name, (time.perf_counter() - started) * 1000, result.stage_ms))
+        outcome.timings.extend(split_timing(run, (time.perf_counter() - started) * 1000, result.stage_ms,
+                                            result.headers))
         for key, value in result.headers.items():
             if key.lower().startswith(FORWARDED_HEADER_PREFIXES):
                 outcome.forwarded_headers[key] = value
         current, current_type, size = result.image, result.media_type, result.size
         outcome.image = current
         if on_step_done is not None:
-            await on_step_done(index, outcome)
+            await on_step_done(last, outcome)
+        index = last + 1
     if outcome.image is not None and current_type != PNG_MEDIA_TYPE:  # the last step(s) were skipped
         outcome.image = await run_in_threadpool(lambda: encode_png(decode_any(current, max_pixels=1 << 40)))
     return outcome

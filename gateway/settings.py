@@ -46,6 +46,8 @@ class Settings(ServiceSettings):
     stage_resolve_interval_s: float = Field(10, gt=0)
     # "raster": the cheap lossless raster transport between stages; "png": PNG on every hop
     stage_transport: Literal["raster", "png"] = "raster"
+    # consecutive steps one service runs in one call (post-denoise then sharpen) go to it as one call
+    fuse_steps: bool = True
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
     max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0, description="largest request body (/v1/finish); "
                                   "the chain endpoints take at most what an image of MAX_PIXELS can need")

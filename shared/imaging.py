@@ -199,15 +199,21 @@ def is_grayscale(rgb: np.ndarray, tolerance: float = 1 / 255) -> bool:
 
 
 def to_integer(arr: np.ndarray, bit_depth: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Round [0, 1] floats to 8- or 16-bit integers, into ``out`` (any view of the right shape) if given."""
-    peak = np.float32(65535.0 if bit_depth == 16 else 255.0)
+    """Round [0, 1] floats to 8- or 16-bit integers (to nearest, out of range saturates), into ``out`` (any
+    view of the right shape) if given. The same elementwise operation on every path, so a picture gets the
+    same integers whether it is written whole (PNG) or into a strided view (the raster transport)."""
+    peak = 65535.0 if bit_depth == 16 else 255.0
+    depth = cv2.CV_16U if bit_depth == 16 else cv2.CV_8U
     if out is None:
         out = np.empty(arr.shape, dtype=np.uint16 if bit_depth == 16 else np.uint8)
+    if arr.dtype == np.float32 and arr.flags.c_contiguous and out.flags.c_contiguous:
+        rows = arr.shape[0]  # the common case, a colour picture into a whole buffer: one vectorised pass
+        cv2.multiply(arr.reshape(rows, -1), peak, dst=out.reshape(rows, -1), dtype=depth)
+        return out
     for top in range(0, arr.shape[0], ROW_BLOCK):
-        block = np.multiply(arr[top:top + ROW_BLOCK], peak, dtype=np.float32)
-        np.clip(block, 0, peak, out=block)
-        block += np.float32(0.5)
-        out[top:top + ROW_BLOCK] = block
+        block = np.ascontiguousarray(arr[top:top + ROW_BLOCK], dtype=np.float32)
+        out[top:top + ROW_BLOCK] = cv2.multiply(block.reshape(block.shape[0], -1), peak,
+                                                dtype=depth).reshape(block.shape)
     return out
 
 

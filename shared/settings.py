@@ -27,6 +27,8 @@ class ServiceSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="interface `python -m <service>` listens on")
     port: int | None = Field(None, ge=1, le=65535, description="port (default: the service's own)")
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug|trace)$")
+    heap_keep_mb: int = Field(512, ge=0, le=2047, description="freed memory kept for the next request instead "
+                              "of returned to the kernel (glibc; shared/heap.py); 0 = the C library's default")
 
 
 class StageSettings(ServiceSettings):

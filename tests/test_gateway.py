@@ -122,6 +122,54 @@ def test_simple_mode_rejects_bad_choices(stack, fields, field):
 
 
 # --- advanced mode ------------------------------------------------------------------------------------
+def steps_of(*named: tuple[str, dict]):
+    from gateway.chains import STEPS, Step
+    return [Step(name, STEPS[name][0], {**params, **STEPS[name][1]}) for name, params in named]
+
+
+def test_post_denoise_then_sharpen_go_to_postprocess_as_one_call():
+    """postprocess blurs, then sharpens: post-denoise followed by sharpen is one call with post-denoise's blur
+    and sharpen's unsharp mask; any other neighbours, or the other order, stay separate calls."""
+    from gateway.chains import call_of, fused_run
+    steps = steps_of(("denoise", {}), ("post-denoise", {"blur_sigma": 0.8}),
+                     ("sharpen", {"sharpen_amount": 1.5, "sharpen_radius": 2.0}))
+    assert [s.name for s in fused_run(steps, 0)] == ["denoise"]
+    run = fused_run(steps, 1)
+    assert [s.name for s in run] == ["post-denoise", "sharpen"]
+    call = call_of(run)
+    assert call.service == "postprocess"
+    assert call.params == {"blur_sigma": 0.8, "sharpen_amount": 1.5, "sharpen_radius": 2.0}
+    assert [s.name for s in fused_run(steps, 1, fuse=False)] == ["post-denoise"]
+    assert len(fused_run(steps_of(("sharpen", {}), ("post-denoise", {})), 0)) == 1
+    assert len(fused_run(steps_of(("post-denoise", {}), ("post-denoise", {})), 0)) == 1
+    # left unset, post-denoise's blur is the service's default in the fused call too (not sharpen's pinned 0)
+    assert call_of(fused_run(steps_of(("post-denoise", {}), ("sharpen", {})), 0)).params == {}
+
+
+def test_a_fused_call_is_reported_as_both_steps_timed_by_the_stages_parts():
+    from gateway.chains import fused_run, split_timing
+    run = fused_run(steps_of(("post-denoise", {}), ("sharpen", {})), 0)
+    parts = {"x-postprocess-ms": json.dumps({"blur": 10.0, "sharpen": 30.0})}
+    assert [(t.name, t.gateway_ms, t.stage_ms) for t in split_timing(run, 100.0, 80.0, parts)] == \
+        [("post-denoise", 25.0, 20.0), ("sharpen", 75.0, 60.0)]
+    for unusable in ({}, {"x-postprocess-ms": "not json"}, {"x-postprocess-ms": '{"blur": 1}'}):
+        assert [(t.gateway_ms, t.stage_ms) for t in split_timing(run, 100.0, None, unusable)] == \
+            [(50.0, None), (50.0, None)]
+
+
+def test_the_fused_chain_reports_every_step_and_matches_one_postprocess_call(stack):
+    image = png_of(noisy(photo("coffee")[:120, :160], 10))
+    chain = [{"stage": "post-denoise", "params": {"blur_sigma": 1.0}}, {"stage": "sharpen"}]
+    response = post(stack.url("gateway") + "/v1/pipeline", image, stages=chain)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-stages-run"] == "post-denoise,sharpen"
+    times = json.loads(response.headers["x-stage-times"])
+    assert list(times) == ["post-denoise", "sharpen"] and all(t["gateway_ms"] > 0 for t in times.values())
+    direct = post(stack.url("postprocess") + "/process", image, params={"blur_sigma": 1.0})
+    assert direct.status_code == 200 and response.content == direct.content
+    assert set(json.loads(direct.headers["x-postprocess-ms"])) == {"blur", "sharpen"}
+
+
 def test_advanced_chain_in_any_order_with_params(stack):
     image = png_of(noisy(photo("coffee")[:200, :240], 10))
     stages = [{"stage": "sharpen", "params": {"sharpen_amount": 1.5}},
@@ -191,18 +239,54 @@ def test_gateway_survives_bad_inputs(stack, endpoint):
     assert httpx.get(stack.url("gateway") + "/health").status_code == 200
 
 
+def png_with_idat(png: bytes, payload: bytes) -> bytes:
+    """``png`` with its image data replaced by ``payload`` in one IDAT chunk whose CRC is right."""
+    import struct
+    import zlib
+    pos, chunks = 8, []
+    while pos < len(png):
+        length, kind = struct.unpack_from(">I4s", png, pos)
+        chunks.append((kind, png[pos + 8:pos + 8 + length]))
+        pos += 12 + length
+    out = bytearray(png[:8])
+    idat_done = False
+    for kind, data in chunks:
+        if kind == b"IDAT":
+            if idat_done:
+                continue
+            data, idat_done = payload, True
+        out += struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return bytes(out)
+
+
 @pytest.mark.parametrize("endpoint", ["/v1/restore", "/v1/pipeline"])
-def test_corrupt_image_data_is_the_gateways_400_though_the_chain_started(stack, endpoint):
-    """The header is intact, so the chain starts while the image data is checked beside it; the damage is
-    answered by the gateway (no stage named), not by whichever stage met it first."""
-    png = bytearray(png_of(photo("coffee")[:96, :128]))
-    png[len(png) // 2] ^= 0xFF  # inside IDAT: its CRC no longer matches
-    response = post(stack.url("gateway") + endpoint, bytes(png), stages=[{"stage": "denoise"}]) \
-        if endpoint == "/v1/pipeline" else post(stack.url("gateway") + endpoint, bytes(png))
+@pytest.mark.parametrize("damage", ["crc", "deflate"])
+def test_corrupt_image_data_is_the_gateways_400(stack, endpoint, damage):
+    """Damage the transfer could do (a chunk's CRC no longer matches) is found by the gateway before any stage
+    is called; image data that is broken inside intact chunks is found by the first stage's decode. Either way
+    the gateway answers it as the upload's fault (no stage named), not as whichever stage met it."""
+    png = png_of(photo("coffee")[:96, :128])
+    if damage == "crc":
+        broken = bytearray(png)
+        broken[len(broken) // 2] ^= 0xFF  # inside IDAT
+    else:
+        import zlib
+        broken = png_with_idat(png, zlib.compress(b"\x00" * 50)[:-6] + b"not deflate at all")
+    response = post(stack.url("gateway") + endpoint, bytes(broken), stages=[{"stage": "denoise"}]) \
+        if endpoint == "/v1/pipeline" else post(stack.url("gateway") + endpoint, bytes(broken))
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["code"] == "corrupt_image" and error["stage"] is None, error
+    # the deflate damage passed the gateway's chunk check and was met by the chain's first stage
+    assert ("while decoding it for" in error["message"]) == (damage == "deflate"), error
     assert httpx.get(stack.url("gateway") + "/health").status_code == 200
+
+
+def test_a_bad_param_after_a_corrupt_upload_names_the_upload(stack):
+    broken = png_with_idat(png_of(photo("coffee")[:64, :64]), b"garbage" * 10)
+    response = post(stack.url("gateway") + "/v1/pipeline", broken,
+                    stages=[{"stage": "denoise", "params": {"strength": 99}}])
+    assert response.status_code == 400 and response.json()["error"]["code"] == "corrupt_image", response.text
 
 
 def test_empty_advanced_chain_returns_the_upload_pixel_for_pixel(stack):

@@ -1,0 +1,33 @@
+"""Keeping freed memory for the next request instead of handing it back to the kernel (glibc malloc).
+
+A 2 MP photo passes through a classical stage as a few 24 MB float arrays. By default glibc returns such
+freed memory to the kernel once more than twice the largest recent allocation is free at the top of the
+heap, so every request page-faults (and the kernel zeroes) its arrays again: on a hop that does little
+work, that is most of the stage's time (``bench/simple.py``'s hops). A service that serves photos one
+after another keeps them instead, up to ``HEAP_KEEP_MB``: its resident memory then stays near its
+peak, which its memory limit must allow anyway.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+
+log = logging.getLogger("restore.heap")
+
+M_TRIM_THRESHOLD = -1                   # mallopt parameters (malloc.h)
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+MMAP_THRESHOLD_MAX = 32 * 1024 * 1024   # glibc's ceiling on 64-bit: bigger blocks are always mmapped
+
+
+def keep_freed_memory(megabytes: int) -> bool:
+    """Serve blocks up to 32 MB from the heap and keep up to ``megabytes`` of free heap for reuse. False
+    (nothing changed) for 0 or where the C library is not glibc: its own policy then applies."""
+    if megabytes <= 0:
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        log.info("not glibc: HEAP_KEEP_MB has no effect")
+        return False
+    return bool(mallopt(M_ARENA_MAX, 1) and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and mallopt(M_TRIM_THRESHOLD, megabytes << 20))
