@@ -220,3 +220,96 @@ def test_detector_leaves_clean_texture_alone(name):
     from services.repair.detect import detect
     grey = photo(name).astype(np.float32)
     assert detect(grey).mask.mean() < CLEAN_FLAGGED_BAR / 10, f"{name}: texture flagged as damage"
+
+
+def test_refiner_in_opencv_matches_torch_in_strips(monkeypatch):
+    """The ONNX refiner run by OpenCV, strip by strip, equals the same weights run by torch on the whole crop."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    from services.repair import detect as det
+    from tools.train_repair_cnn import build_net
+    model = onnx.load(str(det.CNN_PATH))
+    weights = [numpy_helper.to_array(init) for init in model.graph.initializer]
+    # the served constants describe the file: its convolutions' dilations (the strips' halo is their sum)
+    dilations = [next((list(a.ints) for a in node.attribute if a.name == "dilations"), [1, 1])[0]
+                 for node in model.graph.node if node.op_type == "Conv"]
+    assert tuple(dilations[:-1]) == det.CNN_DILATIONS and det.CNN_HALO == sum(det.CNN_DILATIONS)
+    net = build_net(weights[0].shape[0], det.CNN_DILATIONS)
+    params = list(net.parameters())
+    assert [w.shape for w in weights] == [tuple(p.shape) for p in params]
+    with torch.no_grad():
+        for param, value in zip(params, weights):
+            param.copy_(torch.from_numpy(value.copy()))
+    rng = np.random.default_rng(3)
+    shape = (300, 170)                               # taller than a strip and its two halos
+    luma = cv2.GaussianBlur(rng.uniform(0, 255, shape).astype(np.float32), (0, 0), 1.5)
+    planes = det.cnn_input(luma, {1: rng.random(shape, np.float32), -1: rng.random(shape, np.float32)})
+    monkeypatch.setattr(det, "CNN_STRIP", 40)       # several strips, each with its halo
+    ours = det.cnn_correction(planes)
+    with torch.no_grad():
+        theirs = net(torch.from_numpy(planes))[0].numpy()
+    assert ours.shape == theirs.shape == (2, *shape)
+    assert np.abs(ours - theirs).max() < 1e-4
+
+
+def test_refiner_weights_are_small_onnx_and_serving_imports_no_torch():
+    import subprocess
+    import sys
+    from services.repair.detect import CNN_PATH
+    assert CNN_PATH.stat().st_size < 1 << 20
+    code = ("import sys, numpy as np; from services.repair.detect import detect; "
+            "detect(np.full((64, 64), 128, np.float32)); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_detector_finds_a_faint_scratch_on_a_busy_photo():
+    from services.repair.detect import detect
+    from services.repair.stage import _LUMA
+    clean = np.ascontiguousarray(photo("coffee"))
+    damaged, truth = damage(clean, seed=41, scratches=1, creases=0, dust=0)
+    found = detect(damaged.astype(np.float32) @ _LUMA).mask
+    recall = (found & truth).sum() / truth.sum()
+    assert recall >= 0.6, f"scratch recall {recall:.3f}"
+    assert (found & ~truth).mean() < CLEAN_FLAGGED_BAR
+
+
+def test_detector_finds_scratches_across_busy_texture():
+    """High-contrast scratches across gravel: the perceptron ensemble alone finds none of them (its components
+    there have a doubtful mean), the refiner, which sees the photo around them, most."""
+    from services.repair.detect import detect
+    from services.repair.stage import _LUMA
+    clean = np.ascontiguousarray(np.repeat(photo("gravel")[:, :, None], 3, axis=2))
+    damaged, truth = damage(clean, seed=52, scratches=2, creases=0, dust=0)
+    found = detect(damaged.astype(np.float32) @ _LUMA).mask
+    recall = (found & truth).sum() / truth.sum()
+    assert recall >= 0.6, f"scratch recall on gravel {recall:.3f}"
+    assert (found & ~truth).mean() < CLEAN_FLAGGED_BAR / 10
+
+
+@pytest.mark.parametrize("seed", [61, 62])
+def test_detector_finds_dust_on_a_busy_photo(seed):
+    from services.repair.detect import detect
+    from services.repair.stage import _LUMA
+    clean = np.ascontiguousarray(photo("coffee"))
+    damaged, truth = damage(clean, seed=seed, scratches=0, creases=0, dust=40)
+    found = detect(damaged.astype(np.float32) @ _LUMA).mask
+    recall = (found & truth).sum() / truth.sum()
+    assert recall >= 0.7, f"dust recall {recall:.3f}"
+    assert (found & ~truth).mean() < CLEAN_FLAGGED_BAR / 10
+
+
+def test_refiner_trainer_uses_the_served_conventions():
+    """The trainer's copies of the served constants (it must run against any checkout of detect.py)."""
+    from services.repair import detect as det
+    from services.repair.stage import _LUMA
+    from tools import train_repair_cnn as trainer
+    assert np.array_equal(trainer.LUMA, _LUMA)
+    assert trainer.CLIP == det.CNN_CLIP
+    luma = np.random.default_rng(0).uniform(0, 255, (20, 30)).astype(np.float32)
+    p = np.random.default_rng(1).random((2, 20, 30)).astype(np.float32)
+    ours = trainer.planes_of(np.clip(luma + 0.5, 0, 255).astype(np.uint8), p)
+    served = det.cnn_input(np.clip(luma + 0.5, 0, 255).astype(np.uint8).astype(np.float32), {1: p[0], -1: p[1]})[0]
+    assert np.abs(ours - served).max() < 1e-6

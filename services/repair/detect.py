@@ -17,9 +17,17 @@ dust on the print; dark ones: dirt in a groove, crease shadows, dust on the nega
    laid out around the pixel (``context_features``): their line openings (a scratch is a long coherent run
    of likely pixels, texture a scatter of short ones), their local mean and max, and the opposite
    polarity's max and line opening close by (a crease is a bright ridge beside a dark shadow line). The
-   polarities are merged by the max. Steps 1 and 2 run for each member of a small ensemble (members trained
-   on different draws, with different feature sets and sizes: each uses the leading features of the lists);
-   their probabilities are averaged, since they agree on damage more than on the texture each mistakes for it.
+   polarities are kept apart. Steps 1 and 2 run for each member of a small ensemble (members trained on
+   different draws, with different feature sets and sizes: each uses the leading features of the lists);
+   their probabilities are averaged per polarity, since they agree on damage more than on the texture each
+   mistakes for it.
+2b. Refiner. A small fully-convolutional net (``cnn_correction``: seven 3x3 convolutions of 24 channels with
+   dilations 1-32, a reach of 64 px each way, and a 1x1 head; about 31,000 weights) sees the luma and the
+   ensemble's bright and dark probabilities and adds a log-odds correction to each polarity's: it sees the
+   photo itself over a wider area than the features do, and so can tell a defect crossing busy texture from
+   the texture, or a branch from a scratch, and carry a defect's likelihood along its whole length. It runs
+   in OpenCV's dnn module from ``detector_cnn.onnx`` (no torch at serving), in strips of rows with a halo
+   of its reach, so that its memory stays small on large photos. The polarities are then merged by the max.
 3. Components. Pixels above ``PIXEL_BAR`` are joined into 8-connected components. A component is damage
    when its pixels' mean probability is above ``MEAN_BAR`` (a defect is likely all along; a fragment of
    texture or an object edge has a few likely pixels in a long fringe of doubtful ones), its most likely
@@ -27,8 +35,13 @@ dust on the print; dark ones: dirt in a groove, crease shadows, dust on the nega
 
 The perceptrons are trained by ``tools/train_repair_detector.py`` on synthetic damage (tools/damage.py)
 drawn on photos and seeds that the benchmark does not use; their parameters (about 2,600 numbers) are plain
-numbers in ``detector_weights.json``, evaluated here with numpy. The bars of step 3 were set on damage seeds
-the benchmark does not use (tools/repair_tune.py).
+numbers in ``detector_weights.json``, evaluated here with numpy. The refiner is trained by
+``tools/train_repair_cnn.py`` (on a GPU: 4 minutes on one H100) on the ensemble's output for synthetic damage
+drawn on photos other than the benchmark's (randomly scaled, flipped, toned, JPEG re-compressed; some left
+clean) and on the old scans of ../shared/images (damage seeds from 10000 and 20000 on; the benchmark uses
+1000-3999). The bars of step 3 were set on damage seeds the benchmark does not use (7000+i and 8000+i,
+tools/repair_tune.py); with the refiner, a higher pixel bar splits a defect from the doubtful fringe the
+ensemble leaves around texture.
 
 The sensitivity moves the mean bar in log-odds (``SENSITIVITY_LOGODDS`` per 0.5 of sensitivity);
 ``mode=force`` repairs components down to ``CANDIDATE_SHIFT`` log-odds below it. Components longer than
@@ -46,9 +59,14 @@ import cv2
 import numpy as np
 
 WEIGHTS_PATH = Path(__file__).with_name("detector_weights.json")
-PIXEL_BAR = 0.2            # probability: a pixel joins a candidate component above it
-MEAN_BAR = 0.73            # probability: a component is damage when its pixels' mean is above it ...
-PEAK_BAR = 0.9             # ... and its most likely pixel above this
+CNN_PATH = Path(__file__).with_name("detector_cnn.onnx")
+CNN_STRIP = 512            # rows per pass of the refiner: bounds its hidden maps' memory on large photos (the halo costs 25%)
+CNN_DILATIONS = (1, 2, 4, 8, 16, 32, 1)   # the refiner's 3x3 convolutions (checked against the ONNX file by a test)
+CNN_HALO = sum(CNN_DILATIONS)  # rows of context above and below a strip: the refiner's reach
+CNN_CLIP = 1e-3            # the ensemble's probabilities are clipped to [CLIP, 1 - CLIP] before their log-odds
+PIXEL_BAR = 0.45           # probability: a pixel joins a candidate component above it
+MEAN_BAR = 0.87            # probability: a component is damage when its pixels' mean is above it ...
+PEAK_BAR = 0.85            # ... and its most likely pixel above this
 MIN_AREA = 5               # px: smaller components are noise (a speck of 1 px radius covers 5)
 LINE_EXTENT = 25.0         # px: a component with a longer bounding-box diagonal is a line, else a speck
 SENSITIVITY_LOGODDS = 2.0  # log-odds the mean bar moves per 0.5 of sensitivity
@@ -291,35 +309,96 @@ def first_pass(member: dict, maps: dict[int, list[np.ndarray]], active: dict[int
             for sign in (1, -1)}
 
 
-def member_probability(member: dict, maps: dict[int, list[np.ndarray]], active: dict[int, np.ndarray],
-                       signs: tuple[int, ...]) -> np.ndarray:
-    """One member's probability of damage: the larger over the polarities ``signs``.
+def member_probabilities(member: dict, maps: dict[int, list[np.ndarray]], active: dict[int, np.ndarray],
+                         signs: tuple[int, ...] = (1, -1)) -> dict[int, np.ndarray]:
+    """One member's probability of damage per polarity in ``signs``.
 
     The first pass scores each pixel from its own features; the second also sees how the first pass's
     probabilities are laid out around it (context_features).
     """
     context = context_features(first_pass(member, maps, active))
-    merged = None
+    out = {}
     for sign in signs:
         rows = maps[sign][:member["pixel_features"]] + context.pop(sign)[:member["context_features"]]
-        p = pixel_probability(member["nets"]["context_" + _NAMES[sign]], rows, active[sign])
-        merged = p if merged is None else np.maximum(merged, p)
-    return merged
+        out[sign] = pixel_probability(member["nets"]["context_" + _NAMES[sign]], rows, active[sign])
+    return out
 
 
-def defect_probability(luma: np.ndarray, polarity: str = "both") -> np.ndarray:
-    """Per-pixel probability of damage: the mean over the ensemble's members.
+def ensemble_probabilities(luma: np.ndarray) -> dict[int, np.ndarray]:
+    """The perceptron ensemble's probability of damage per polarity (+1 bright, -1 dark): the members' mean.
 
     The members are trained on different draws, features and sizes; they agree on damage more than on the
     texture each one mistakes for it.
     """
-    signs = {"both": (1, -1), "bright": (1,), "dark": (-1,)}[polarity]
     maps, active = {}, {}
     for sign, (sign_maps, sign_active) in pixel_features(np.ascontiguousarray(luma, np.float32)).items():
         maps[sign], active[sign] = sign_maps, sign_active
     members = _members()
-    total = sum(member_probability(member, maps, active, signs) for member in members)
-    return total / np.float32(len(members))
+    total = {1: None, -1: None}
+    for member in members:
+        for sign, p in member_probabilities(member, maps, active).items():
+            total[sign] = p if total[sign] is None else total[sign] + p
+    return {sign: p / np.float32(len(members)) for sign, p in total.items()}
+
+
+def cnn_input(luma: np.ndarray, ensemble: dict[int, np.ndarray]) -> np.ndarray:
+    """The refiner's input planes (1 x CNN_INPUTS x H x W): the luma centred on mid-grey and the ensemble's
+    bright and dark probabilities."""
+    return np.stack([luma / np.float32(255) - np.float32(0.5), ensemble[1], ensemble[-1]])[None].astype(np.float32)
+
+
+_CNN = None
+
+
+def _cnn():
+    global _CNN
+    if _CNN is None:
+        _CNN = cv2.dnn.readNetFromONNX(str(CNN_PATH))
+    return _CNN
+
+
+def cnn_correction(planes: np.ndarray) -> np.ndarray:
+    """The refiner's output (2 x H x W: log-odds corrections, bright and dark) on ``cnn_input`` planes.
+
+    Run in strips of CNN_STRIP rows with CNN_HALO rows of context on each side (the network's reach), so
+    the result equals one pass over the whole photo while the hidden maps stay small.
+    """
+    net = _cnn()
+    height = planes.shape[2]
+    out = np.empty((2, height, planes.shape[3]), np.float32)
+    for top in range(0, height, CNN_STRIP):
+        bottom = min(height, top + CNN_STRIP)
+        start, stop = max(0, top - CNN_HALO), min(height, bottom + CNN_HALO)
+        net.setInput(np.ascontiguousarray(planes[:, :, start:stop]))
+        out[:, top:bottom] = net.forward()[0, :, top - start:bottom - start]
+    return out
+
+
+def _logits(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, np.float32(CNN_CLIP), np.float32(1 - CNN_CLIP))
+    return np.log(p / (1 - p))
+
+
+def polarity_probabilities(luma: np.ndarray) -> dict[int, np.ndarray]:
+    """Per polarity, the probability of damage: the ensemble's log-odds plus the refiner's correction."""
+    luma = np.ascontiguousarray(luma, np.float32)
+    ensemble = ensemble_probabilities(luma)
+    correction = cnn_correction(cnn_input(luma, ensemble))
+    out = {}
+    for index, sign in enumerate((1, -1)):
+        logit = np.clip(_logits(ensemble.pop(sign)) + correction[index], -30, 30)
+        out[sign] = (1 / (1 + np.exp(-logit))).astype(np.float32)
+    return out
+
+
+def defect_probability(luma: np.ndarray, polarity: str = "both") -> np.ndarray:
+    """Per-pixel probability of damage: the larger over the polarities asked for."""
+    signs = {"both": (1, -1), "bright": (1,), "dark": (-1,)}[polarity]
+    probabilities = polarity_probabilities(luma)
+    merged = probabilities[signs[0]]
+    for sign in signs[1:]:
+        merged = np.maximum(merged, probabilities[sign])
+    return merged
 
 
 def _logit(p: float) -> float:
@@ -329,8 +408,13 @@ def _logit(p: float) -> float:
 def detect(luma: np.ndarray, *, sensitivity: float = 0.5, scratches: bool = True, dust: bool = True,
            polarity: str = "both") -> Detection:
     """Defects in a luminance plane (float32, 8-bit units)."""
-    luma = np.ascontiguousarray(luma, np.float32)
-    probability = defect_probability(luma, polarity)
+    return judge(defect_probability(np.ascontiguousarray(luma, np.float32), polarity), sensitivity=sensitivity,
+                 scratches=scratches, dust=dust)
+
+
+def judge(probability: np.ndarray, *, sensitivity: float = 0.5, scratches: bool = True,
+          dust: bool = True) -> Detection:
+    """The components of ``probability`` that pass the bars (step 3)."""
     count, labels, measures = components(probability)
     # the bar on a component's mean probability, moved in log-odds by the sensitivity
     bar = _logit(MEAN_BAR) + SENSITIVITY_LOGODDS * (1.0 - 2.0 * sensitivity)
