@@ -254,6 +254,25 @@ def test_refiner_in_opencv_matches_torch_in_strips(monkeypatch):
     assert np.abs(ours - theirs).max() < 1e-4
 
 
+def test_refiner_gives_each_request_its_own_answer_when_they_run_at_once():
+    """Requests processed at once (STAGE_CONCURRENCY > 1) each get the refiner's answer for their own photo:
+    an OpenCV Net holds its input between setInput and forward, so each thread runs its own copy."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from services.repair import detect as det
+    rng = np.random.default_rng(5)
+    inputs = []
+    for _ in range(4):
+        luma = cv2.GaussianBlur(rng.uniform(0, 255, (600, 300)).astype(np.float32), (0, 0), 1.5)
+        inputs.append(det.cnn_input(luma, {1: rng.random(luma.shape, np.float32),
+                                           -1: rng.random(luma.shape, np.float32)}))
+    alone = [det.cnn_correction(planes) for planes in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            together = list(pool.map(det.cnn_correction, inputs))
+            assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+
+
 def test_refiner_weights_are_small_onnx_and_serving_imports_no_torch():
     import subprocess
     import sys

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -347,14 +348,16 @@ def cnn_input(luma: np.ndarray, ensemble: dict[int, np.ndarray]) -> np.ndarray:
     return np.stack([luma / np.float32(255) - np.float32(0.5), ensemble[1], ensemble[-1]])[None].astype(np.float32)
 
 
-_CNN = None
+_THREAD = threading.local()
 
 
 def _cnn():
-    global _CNN
-    if _CNN is None:
-        _CNN = cv2.dnn.readNetFromONNX(str(CNN_PATH))
-    return _CNN
+    """This thread's copy of the refiner: an OpenCV dnn Net holds its input and outputs between ``setInput``
+    and ``forward``, so requests processed at once (STAGE_CONCURRENCY > 1) must not share one."""
+    net = getattr(_THREAD, "cnn", None)
+    if net is None:
+        net = _THREAD.cnn = cv2.dnn.readNetFromONNX(str(CNN_PATH))
+    return net
 
 
 def cnn_correction(planes: np.ndarray) -> np.ndarray:
