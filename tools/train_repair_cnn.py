@@ -130,7 +130,7 @@ def save_photos(path: Path) -> None:
 
 def load_photo_file(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     base, old = {}, {}
-    with np.load(path) as data:
+    with np.load(path, allow_pickle=False) as data:
         for key in data.files:
             kind, name = key.split("__", 1)
             (base if kind == "base" else old)[name] = data[key]
