@@ -16,10 +16,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from shared.contract import BadRequest, InvalidParams, StageError
+from shared.contract import InvalidParams, StageError
 from shared.heap import keep_freed_memory
-from shared.imaging import (check_pixel_limit, check_upload_header, decode_image, encode_png, png_to_jpeg,
-                            probe_size, verify_png, verify_upload, verify_upload_data)
+from shared.imaging import (check_png, check_upload_header, decode_image, encode_png, png_to_jpeg, verify_upload,
+                            verify_upload_data)
 from shared.openapi import endpoint_openapi, error_responses, image_response, install_error_handlers
 from shared.settings import load_settings
 from shared.upload import read_multipart, reject_unknown_fields
@@ -75,10 +75,9 @@ JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 def check_large_upload(data: bytes, max_pixels: int) -> None:
     """/v1/finish takes results up to 16x MAX_PIXELS: checked from the header and, for PNG, inflated in
     steps without decoding; the postprocess stage is the one place that decodes it."""
-    fmt, width, height = probe_size(data)
-    check_pixel_limit(width, height, max_pixels)
+    fmt, _, _ = check_upload_header(data, max_pixels)
     if fmt == "PNG":
-        check_png(data, max_pixels, inflate=True)
+        check_png(data, max_pixels)
 
 
 async def passthrough_original(data: bytes, max_pixels: int) -> bytes:
@@ -136,14 +135,6 @@ async def run_synchronously(request: Request, mode: str) -> Response:
             await run_in_threadpool(verify_upload_data, data, fmt, width, height, max_pixels)
         raise
     return await chain_response(request, data, outcome)
-
-
-def check_png(data: bytes, max_pixels: int, inflate: bool) -> None:
-    """400 unless every chunk of the PNG is intact (and, ``inflate``, its image data inflates to its size)."""
-    try:
-        verify_png(data, max_pixels, inflate=inflate)
-    except ValueError:
-        raise BadRequest("the PNG image data is corrupt or truncated", code="corrupt_image") from None
 
 
 STRING = {"type": "string"}

@@ -524,16 +524,28 @@ def check_upload_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
     return fmt, width, height
 
 
+_UNDECODABLE = (OSError, SyntaxError, ValueError, struct.error, zlib.error)
+
+
+def check_png(data: bytes, max_pixels: int, inflate: bool = True) -> None:
+    """400 unless every chunk of the PNG is intact and (``inflate``) its image data inflates to its size."""
+    try:
+        verify_png(data, max_pixels, inflate=inflate)
+    except _UNDECODABLE as exc:
+        log.info("undecodable PNG upload: %r", exc)
+        raise BadRequest("the PNG image data is corrupt or truncated", code="corrupt_image") from None
+
+
 def verify_upload_data(data: bytes, fmt: str, width: int, height: int, max_pixels: int) -> None:
     """The rest of ``verify_upload`` once the header is checked: the image data is intact, else 400."""
+    if fmt == "PNG":
+        check_png(data, max_pixels)
+        return
     try:
-        if fmt == "PNG":
-            verify_png(data, max_pixels)
-        else:
-            with Image.open(io.BytesIO(data)) as im:
-                im.draft(im.mode, (max(1, width // 8), max(1, height // 8)))
-                im.load()
-    except (OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft(im.mode, (max(1, width // 8), max(1, height // 8)))
+            im.load()
+    except _UNDECODABLE as exc:
         log.info("undecodable %s upload: %r", fmt, exc)
         raise BadRequest(f"the {fmt} image data is corrupt or truncated", code="corrupt_image") from None
 

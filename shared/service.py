@@ -20,8 +20,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from .contract import (PARAMS_HEADER, PROCESS_TIME_HEADER, Aborted, Param, StageContext, params_schema, parse_params_json,
-                       validate_params)
+from .contract import (PARAMS_HEADER, PROCESS_TIME_HEADER, Aborted, Param, StageContext, params_schema,
+                       parse_params_json, validate_params)
 from .heap import keep_freed_memory
 from .imaging import RAW_BODY_TYPES, Picture, accepts_raster, decode_any, encode_for, is_grayscale
 from .openapi import STAGE_DECIDE_OPENAPI, STAGE_PROCESS_OPENAPI, install_error_handlers

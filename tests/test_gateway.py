@@ -282,6 +282,15 @@ def test_corrupt_image_data_is_the_gateways_400(stack, endpoint, damage):
     assert httpx.get(stack.url("gateway") + "/health").status_code == 200
 
 
+def test_finish_answers_broken_image_data_inside_intact_chunks_with_400(stack):
+    """/v1/finish inflates a PNG to check it (nothing else decodes it before the stage): deflate data that is
+    not deflate is the upload's 400, not a 500."""
+    broken = png_with_idat(png_of(photo("coffee")[:64, :64]), b"garbage" * 10)
+    response = post(stack.url("gateway") + "/v1/finish", broken)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "corrupt_image"
+
+
 def test_a_bad_param_after_a_corrupt_upload_names_the_upload(stack):
     broken = png_with_idat(png_of(photo("coffee")[:64, :64]), b"garbage" * 10)
     response = post(stack.url("gateway") + "/v1/pipeline", broken,
