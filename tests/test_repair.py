@@ -321,7 +321,7 @@ def test_detector_finds_dust_on_a_busy_photo(seed):
 
 
 def test_refiner_trainer_uses_the_served_conventions():
-    """The trainer's copies of the served constants (it must run against any checkout of detect.py)."""
+    """The trainer feeds the refiner what the service does: the same luma weights, log-odds clip and input planes."""
     from services.repair import detect as det
     from services.repair.stage import _LUMA
     from tools import train_repair_cnn as trainer

@@ -53,9 +53,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from services.repair import detect as det  # noqa: E402
+from services.repair.stage import _LUMA as LUMA  # noqa: E402
 from tools.damage import damage  # noqa: E402
 
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)    # services.repair.stage._LUMA (checked by a test)
 SEED_BASE = 10000
 OLD_SEED_BASE = 20000
 CLEAN_SHARE = 0.15
@@ -64,7 +65,7 @@ OLD_PHOTOS = ("children-alpha.png", "gray-00017.png", "ost-009.png", "small-0014
 OLD_SHARE = 0.35            # share of the crops from the old photos
 CROP = 192
 MARGIN = 24                 # px of each crop's rim left out of the loss
-CLIP = 1e-3                 # services.repair.detect.CNN_CLIP
+CLIP = det.CNN_CLIP         # the served log-odds clip
 LIKELY_BAR = 0.2            # the ensemble finds a pixel "likely" above it (the crop centres where its mistakes are)
 
 # name: (channels, dilations, positive weight, dice weight)
@@ -162,26 +163,6 @@ def augment(rgb: np.ndarray, rng: np.random.Generator, scale_range=(0.5, 1.5)) -
     return np.ascontiguousarray(out)
 
 
-def ensemble_probabilities(luma: np.ndarray) -> dict[int, np.ndarray]:
-    """The perceptron ensemble's probability per polarity (as services.repair.detect.ensemble_probabilities),
-    built from the detector's primitives so that it runs against any version of detect.py that has them."""
-    from services.repair import detect as det
-    if hasattr(det, "ensemble_probabilities"):
-        return det.ensemble_probabilities(luma)
-    maps, active = {}, {}
-    for sign, (sign_maps, sign_active) in det.pixel_features(np.ascontiguousarray(luma, np.float32)).items():
-        maps[sign], active[sign] = sign_maps, sign_active
-    members = det._members()
-    total = {1: 0, -1: 0}
-    for member in members:
-        context = det.context_features(det.first_pass(member, maps, active))
-        for sign in (1, -1):
-            rows = maps[sign][:member["pixel_features"]] + context.pop(sign)[:member["context_features"]]
-            total[sign] = total[sign] + det.pixel_probability(member["nets"]["context_" + det._NAMES[sign]],
-                                                              rows, active[sign])
-    return {sign: (p / np.float32(len(members))).astype(np.float32) for sign, p in total.items()}
-
-
 def draw_one(job: tuple) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, bool]:
     """One damaged variant: (key, luma uint8, ensemble p 2 x H x W float16, label 2 x H x W uint8, old)."""
     cv2.setNumThreads(1)
@@ -197,7 +178,7 @@ def draw_one(job: tuple) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, bool]
         damaged, truth = damage(clean, seed=seed)
     luma = damaged.astype(np.float32) @ LUMA
     change = luma - clean.astype(np.float32) @ LUMA
-    ensemble = ensemble_probabilities(luma)
+    ensemble = det.ensemble_probabilities(luma)
     # per polarity: 1 damage of that polarity, 0 none, 2 damage that barely changed the luma (ignored)
     label = np.zeros((2,) + truth.shape, np.uint8)
     label[0][truth & (change > 0)] = 1
@@ -239,8 +220,8 @@ def build_net(channels: int, dilations: tuple[int, ...]):
 
 
 def planes_of(luma8: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """services.repair.detect.cnn_input: luma centred on mid-grey, bright and dark probabilities."""
-    return np.concatenate([(luma8.astype(np.float32) / 255 - 0.5)[None], p.astype(np.float32)])
+    """The served refiner input (``cnn_input``) of a crop: its 8-bit luma and bright/dark probabilities."""
+    return det.cnn_input(luma8.astype(np.float32), {1: p[0], -1: p[1]})[0]
 
 
 class Crops:
