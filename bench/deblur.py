@@ -14,7 +14,8 @@ Goal (issue 4): MAXIM >= +6 dB over the blurred input on motion blur.
 Fixture: MAXIM runs on ``assets/fixture.png`` of the npm package (a real blurred photo, no ground truth);
 a side-by-side PNG goes to ``artifacts/deblur/fixture_side_by_side.png``.
 
-Speed: seconds per megapixel, each configuration in a fresh subprocess so its peak RSS is its own.
+Speed: seconds per megapixel, each configuration in a fresh subprocess so its peak RSS is its own, with the
+C library's heap set up as the deblur service sets it up (``HEAP_LARGE_BLOCKS``).
 DeblurGAN-v2 on the astronaut (``--speed-size``; random weights where the official ones are not installed:
 speed does not depend on the values). MAXIM on a 384x512 photo: the baseline is the old path, one ONNX
 Runtime fp32 run on the whole photo (the TF -> ONNX reference of ``python -m tools.maxim_reference``);
@@ -226,6 +227,11 @@ def speed_worker(spec: dict) -> None:
     """One timed configuration in this (fresh) process; prints a JSON line."""
     import torch
     torch.set_num_threads(spec["threads"])
+    from services.deblur.settings import DeblurSettings
+    from shared.heap import configure_heap
+    from shared.settings import load_settings
+    served = load_settings(DeblurSettings)
+    configure_heap(served.heap_keep_mb, served.heap_large_blocks)  # the heap as the deblur service sets it up
     from services.deblur import models as m
     from services.deblur.stage import deblur_array
     from shared.model_store import ModelStore
@@ -241,8 +247,9 @@ def speed_worker(spec: dict) -> None:
     elif name == m.MAXIM:
         from services.deblur.maxim_runner import MaximRunner, load_maxim
         rgb = speed_photo(spec["size"])
-        model = load_maxim(ModelStore().path_for(m.MODEL_FILES[m.MAXIM]), m.MAXIM_STATE_DIGEST)
-        runner = MaximRunner(model, "cpu", precision=spec["precision"])
+        # the fp32 weights are not kept beside a bf16 copy (as in the service)
+        runner = MaximRunner(load_maxim(ModelStore().path_for(m.MODEL_FILES[m.MAXIM]), m.MAXIM_STATE_DIGEST), "cpu",
+                             precision=spec["precision"])
         plan = runner.plan(*rgb.shape[:2])
         extra.update(ratio=plan.ratio, windows=plan.count, window=f"{plan.ys.window}x{plan.xs.window}")
         run = runner.deblur

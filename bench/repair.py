@@ -33,7 +33,7 @@ from bench.timing import best_of, machine
 from services.repair.detect import detect
 from services.repair.stage import PARAMS, _LUMA, fill, repair
 from shared.contract import StageContext, validate_params
-from shared.heap import keep_freed_memory
+from shared.heap import configure_heap
 from shared.imaging import Picture, decode_image
 from shared.settings import StageSettings, cached_settings
 from tools.damage import damage
@@ -86,7 +86,8 @@ def sparse_on_mask(rgb8: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def as_served() -> None:
     """The C library's heap set up as the repair service sets it (HEAP_KEEP_MB: freed arrays are kept for the
     next photo), so speed and memory are those of the served stage."""
-    keep_freed_memory(cached_settings(StageSettings).heap_keep_mb)
+    settings = cached_settings(StageSettings)
+    configure_heap(settings.heap_keep_mb, settings.heap_large_blocks)
 
 
 def peak_rss_child() -> None:

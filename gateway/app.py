@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from shared.contract import InvalidParams, StageError
-from shared.heap import keep_freed_memory
+from shared.heap import configure_heap
 from shared.imaging import (check_png, check_upload_header, decode_image, encode_png, png_to_jpeg, verify_upload,
                             verify_upload_data)
 from shared.openapi import endpoint_openapi, error_responses, image_response, install_error_handlers
@@ -34,7 +34,7 @@ from .settings import Settings
 log = logging.getLogger("restore.gateway")
 # Validated at import: a bad variable stops the gateway with a message naming it.
 SETTINGS = Settings.from_env()
-keep_freed_memory(SETTINGS.heap_keep_mb)
+configure_heap(SETTINGS.heap_keep_mb, SETTINGS.heap_large_blocks)
 # Bytes one /v1/finish may hold per result pixel: the upload and the result PNG (up to 8 bytes a pixel
 # each at 16-bit RGBA, usually far less) and, for JPEG, the decoded 8-bit pixels.
 FINISH_BYTES_PER_PIXEL = 12

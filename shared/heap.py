@@ -16,8 +16,39 @@ log = logging.getLogger("restore.heap")
 
 M_TRIM_THRESHOLD = -1                   # mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 MMAP_THRESHOLD_MAX = 32 * 1024 * 1024   # glibc's ceiling on 64-bit: bigger blocks are always mmapped
+
+
+def _mallopt():
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        log.info("not glibc: the HEAP_ settings have no effect")
+        return None
+
+
+def configure_heap(keep_mb: int, large_blocks: str = "mmap") -> bool:
+    """The process's heap policy from its settings (``heap_keep_mb``, ``heap_large_blocks``)."""
+    kept = keep_freed_memory(keep_mb)
+    if large_blocks == "heap":
+        return large_blocks_from_heap()
+    return kept
+
+
+def large_blocks_from_heap() -> bool:
+    """Serve every block, however large, from the one heap instead of a fresh mapping.
+
+    glibc maps each block over 32 MB on its own and unmaps it when freed, and that ceiling cannot be
+    raised: a network whose activations are larger (MAXIM on a large window) page-faults (and the kernel
+    zeroes) every one of them again, on every layer, which made its windows slower per pixel the larger they
+    were. From the heap, freed activations are reused by the next layer; the heap's free pages still go back
+    to the kernel when the owner trims it (MAXIM's runner does between blocks and after each window).
+    One arena, so that blocks freed by one request thread are reused by the next. False where the C library
+    is not glibc."""
+    mallopt = _mallopt()
+    return bool(mallopt is not None and mallopt(M_ARENA_MAX, 1) and mallopt(M_MMAP_MAX, 0))
 
 
 def keep_freed_memory(megabytes: int) -> bool:
@@ -25,9 +56,5 @@ def keep_freed_memory(megabytes: int) -> bool:
     (nothing changed) for 0 or where the C library is not glibc: its own policy then applies."""
     if megabytes <= 0:
         return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        log.info("not glibc: HEAP_KEEP_MB has no effect")
-        return False
-    return bool(mallopt(M_ARENA_MAX, 1) and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and mallopt(M_TRIM_THRESHOLD, megabytes << 20))
+    mallopt = _mallopt()
+    return mallopt is not None and bool(mallopt(M_ARENA_MAX, 1) and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and mallopt(M_TRIM_THRESHOLD, megabytes << 20))

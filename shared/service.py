@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .contract import (PARAMS_HEADER, PROCESS_TIME_HEADER, Aborted, Param, StageContext, params_schema,
                        parse_params_json, validate_params)
-from .heap import keep_freed_memory
+from .heap import configure_heap
 from .imaging import RAW_BODY_TYPES, Picture, accepts_raster, decode_any, encode_for, is_grayscale
 from .openapi import STAGE_DECIDE_OPENAPI, STAGE_PROCESS_OPENAPI, install_error_handlers
 from .settings import StageSettings, cached_settings
@@ -66,7 +66,7 @@ class Stage:
 
 def create_stage_app(stage: Stage) -> FastAPI:
     settings = stage.config()  # validated now: a bad variable stops the service before it serves
-    keep_freed_memory(settings.heap_keep_mb)
+    configure_heap(settings.heap_keep_mb, settings.heap_large_blocks)
     app = FastAPI(title=f"{stage.name} stage", description=stage.description)
     install_error_handlers(app, stage.name)
     # CPU models use every core for one request; more at once only thrashes caches and memory.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +29,9 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug|trace)$")
     heap_keep_mb: int = Field(512, ge=0, le=2047, description="freed memory kept for the next request instead "
                               "of returned to the kernel (glibc; shared/heap.py); 0 = the C library's default")
+    heap_large_blocks: Literal["mmap", "heap"] = Field(
+        "mmap", description="blocks over 32 MB: mapped each time (the C library's default) or served from the "
+        "heap and reused (shared/heap.py)")
 
 
 class StageSettings(ServiceSettings):

@@ -327,6 +327,41 @@ def test_large_windows_trim_the_heap_between_blocks(maxim, monkeypatch):
     np.testing.assert_array_equal(small, large)
 
 
+def test_fused_linear_gelu_is_used_on_cpu_and_equals_the_two_ops():
+    """The oneDNN linear + GELU post-op runs on this CPU build (the network's speed depends on it) and
+    computes gelu(linear(x)): to float rounding in fp32, to bf16 rounding in bf16."""
+    import torch
+    import torch.nn.functional as F
+
+    from services.deblur.arch import maxim as arch
+    assert arch.FUSED_LINEAR_GELU
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 24, 32, generator=generator)
+    weight, bias = torch.randn(64, 32, generator=generator) / 6, torch.randn(64, generator=generator)
+    expected = F.gelu(F.linear(x, weight, bias), approximate="tanh")
+    torch.testing.assert_close(arch.linear_gelu(x, weight, bias), expected, atol=1e-5, rtol=1e-5)
+    fused = arch.linear_gelu(x.bfloat16(), weight.bfloat16(), bias.bfloat16()).float()
+    torch.testing.assert_close(fused, expected, atol=0.05, rtol=0.02)
+    assert not torch.equal(expected, F.gelu(F.linear(x, weight, bias)))  # the tanh form, as in the graph
+
+
+def test_encoder_block_frees_the_inputs_it_is_handed():
+    """Blocks take their input pieces in a list and empty it once projected (peak memory per window); the
+    projection of the pieces equals that of their concatenation."""
+    import torch
+
+    from services.deblur.arch.maxim import UNetEncoderBlock
+    block = UNetEncoderBlock(16, 8, block=4, grid=4, downsample=False, cross_gating=False).eval()
+    generator = torch.Generator().manual_seed(1)
+    pieces = [torch.randn(1, 16, 16, 8, generator=generator), torch.randn(1, 16, 16, 8, generator=generator)]
+    handed = list(pieces)
+    with torch.inference_mode():
+        out = block(handed)
+        joined = block([torch.cat(pieces, dim=-1)])
+    assert handed == []
+    torch.testing.assert_close(out, joined, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("height,width", [(1224, 1632), (1632, 1224), (1080, 1920), (2000, 3000), (384, 512),
                                           (340, 300), (70, 2000), (5, 3)])
 def test_tile_plan(height, width):

@@ -5,6 +5,7 @@ import hashlib
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,3 +210,30 @@ def test_model_store_provisions_checks_hash_and_reports_missing(tmp_path):
     with pytest.raises(ModelUnavailable) as info:
         store.fetch(unreachable, progress=False)
     assert "download" in info.value.message and not (tmp_path / "u.bin").exists()
+
+
+def test_large_blocks_come_from_the_heap_when_asked(tmp_path):
+    """HEAP_LARGE_BLOCKS=heap: a 64 MB block is served from the heap (glibc maps no block on its own), and
+    the C library's default maps it; in a fresh process each, since the setting is process-wide."""
+    import subprocess
+    import sys
+    probe = (
+        "import ctypes, sys\n"
+        "from shared.heap import large_blocks_from_heap\n"
+        "class Info(ctypes.Structure):\n"
+        "    _fields_ = [(n, ctypes.c_size_t) for n in 'arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost'.split()]\n"
+        "libc = ctypes.CDLL('libc.so.6'); libc.mallinfo2.restype = Info\n"
+        "if sys.argv[1] == 'heap': assert large_blocks_from_heap()\n"
+        "block = ctypes.create_string_buffer(64 << 20)\n"
+        "print(libc.mallinfo2().hblkhd)\n")
+    root = Path(__file__).resolve().parent.parent
+    mapped = {mode: int(subprocess.run([sys.executable, "-c", probe, mode], cwd=root, check=True,
+                                       capture_output=True, text=True).stdout) for mode in ("heap", "mmap")}
+    assert mapped["heap"] < 1 << 20 and mapped["mmap"] >= 64 << 20, mapped
+
+
+def test_deblur_serves_large_blocks_from_the_heap(monkeypatch):
+    from services.deblur.settings import DeblurSettings
+    from shared.settings import StageSettings
+    monkeypatch.delenv("HEAP_LARGE_BLOCKS", raising=False)
+    assert DeblurSettings().heap_large_blocks == "heap" and StageSettings().heap_large_blocks == "mmap"

@@ -10,9 +10,11 @@ from shared.settings import StageSettings
 
 
 class DeblurSettings(StageSettings):
-    # A model's tensors come and go in hundreds of MB: the C library's default policy returns them, and the
-    # memory figures in bench/ and deploy/ were measured with it.
+    # A model's tensors come and go in hundreds of MB: freed memory goes back to the kernel (MAXIM's runner
+    # trims the heap between blocks), but blocks over 32 MB come from the heap, not from a fresh mapping per
+    # layer (shared/heap.py; bench/deblur.py measures it as served).
     heap_keep_mb: int = Field(0, ge=0, le=2047)
+    heap_large_blocks: Literal["mmap", "heap"] = "heap"
     deblur_threads: int | None = Field(None, ge=1, le=256, description="ONNX Runtime / torch threads")
     deblur_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="torch device")
     deblur_precision: Literal["auto", "fp32", "bf16", "mixed", "fp16"] = "auto"

@@ -48,6 +48,35 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
+def _fused_linear_gelu_works() -> bool:
+    """Whether this torch build has oneDNN's linear with a GELU post-op (PyTorch's own fusion kernel, the
+    one its compiler emits for CPU); checked once against the unfused ops."""
+    try:
+        x, weight, bias = torch.randn(4, 8), torch.randn(6, 8), torch.randn(6)
+        fused = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "tanh")
+        return bool(torch.allclose(fused, gelu(F.linear(x, weight, bias)), atol=1e-5))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+FUSED_LINEAR_GELU = torch.backends.mkldnn.is_available() and _fused_linear_gelu_works()
+
+
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``gelu(linear(x))`` in one pass over the output on CPU (oneDNN post-op): a separate GELU re-reads and
+    rewrites every activation it makes, and this network calls it on its widest tensors (bench/deblur.py
+    prints the network's speed). On CUDA and other dtypes, the two ops."""
+    if FUSED_LINEAR_GELU and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "tanh")
+    return gelu(F.linear(x, weight, bias))
+
+
+def dense_gelu(x: torch.Tensor, dense: nn.Linear, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """``gelu`` of output channels [start, stop) of ``dense`` (all by default)."""
+    stop = dense.out_features if stop is None else stop
+    return linear_gelu(x, dense.weight[start:stop], dense.bias[start:stop])
+
+
 class LayerNorm(nn.LayerNorm):
     def __init__(self, channels: int):
         super().__init__(channels, eps=LN_EPS)
@@ -101,17 +130,25 @@ def from_tokens(t: torch.Tensor, n: int, h: int, w: int, fh: int, fw: int, grid:
     return x.reshape(n, h, w, c)
 
 
+def add_from_tokens(x: torch.Tensor, t: torch.Tensor, fh: int, fw: int, grid: bool) -> torch.Tensor:
+    """``x + from_tokens(t)`` written once, in ``x``'s layout (no un-permuted copy of ``t`` first)."""
+    n, h, w, c = x.shape
+    gh, gw = h // fh, w // fw
+    if grid:
+        view = t.reshape(gh, gw, n, fh, fw, c).permute(2, 0, 3, 1, 4, 5)
+    else:
+        view = t.reshape(fh, fw, n, gh, gw, c).permute(2, 3, 0, 4, 1, 5)
+    out = torch.empty((n, h, w, c), dtype=x.dtype, device=x.device)
+    torch.add(x.reshape(n, gh, fh, gw, fw, c), view, out=out.view(n, gh, fh, gw, fw, c))
+    return out
+
+
 def mix_tokens(t: torch.Tensor, dense: nn.Linear, offset: float = 0.0) -> torch.Tensor:
     """Dense over the token axis of a token-major T x M x c tensor, plus ``offset``: one GEMM."""
     tokens = t.shape[0]
     weight = dense.weight.to(t.dtype)
     bias = (dense.bias + offset).to(t.dtype)[:, None]
     return torch.addmm(bias, weight, t.reshape(tokens, -1)).reshape(t.shape)
-
-
-def linear_rows(x: torch.Tensor, dense: nn.Linear, start: int, stop: int) -> torch.Tensor:
-    """Output channels [start, stop) of ``dense`` only: a split projection without a copy of the halves."""
-    return F.linear(x, dense.weight[start:stop], dense.bias[start:stop])
 
 
 def linear_of_concat(parts: list[torch.Tensor], dense: nn.Linear) -> torch.Tensor:
@@ -159,16 +196,14 @@ class RCAB(nn.Module):
 
 
 class GatingUnit(nn.Module):
-    """gMLP spatial gating: u * (Dense_tokens(LN(v)) + 1); ``grid`` mixes across blocks, else within."""
+    """gMLP spatial gating, u * (Dense_tokens(LN(v)) + 1): ``grid`` mixes across blocks, else within. Applied
+    inside ``GmlpLayer.forward``, which frees each intermediate as soon as it is used."""
 
     def __init__(self, channels: int, tokens: int, grid: bool):
         super().__init__()
         self.grid = grid
         self.intermediate_layernorm = LayerNorm(channels // 2)
         self.Dense_0 = nn.Linear(tokens, tokens)
-
-    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return u * mix_tokens(self.intermediate_layernorm(v), self.Dense_0, offset=1.0)
 
 
 class GmlpLayer(nn.Module):
@@ -189,14 +224,21 @@ class GmlpLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, h, w, _ = x.shape
         fh, fw = (h // self.size, w // self.size) if self.grid else (self.size, self.size)
-        x = to_tokens(x, fh, fw, self.grid)
-        y = self.LayerNorm(x)
+        unit = self.GridGatingUnit if self.grid else self.BlockGatingUnit
+        # Each intermediate is dropped as soon as it is used: the peak memory of a window limits its size.
+        y = self.LayerNorm(to_tokens(x, fh, fw, self.grid))
         half = self.in_project.out_features // 2
-        u = gelu(linear_rows(y, self.in_project, 0, half))
-        v = gelu(linear_rows(y, self.in_project, half, 2 * half))
-        y = self.GridGatingUnit(u, v) if self.grid else self.BlockGatingUnit(u, v)
-        x = x + self.out_project(y)
-        return from_tokens(x, n, h, w, fh, fw, self.grid)
+        u = dense_gelu(y, self.in_project, 0, half)
+        v = dense_gelu(y, self.in_project, half, 2 * half)
+        del y
+        v = unit.intermediate_layernorm(v)
+        gate = mix_tokens(v, unit.Dense_0, offset=1.0)
+        del v
+        gate.mul_(u)
+        del u
+        out = self.out_project(gate)
+        del gate
+        return add_from_tokens(x, out, fh, fw, self.grid)
 
 
 class MultiAxisGmlpLayer(nn.Module):
@@ -214,8 +256,8 @@ class MultiAxisGmlpLayer(nn.Module):
         poll_abort()
         y = self.LayerNorm_in(x)
         half = self.in_project.out_features // 2
-        u = self.GridGmlpLayer(gelu(linear_rows(y, self.in_project, 0, half)))
-        v = self.BlockGmlpLayer(gelu(linear_rows(y, self.in_project, half, 2 * half)))
+        u = self.GridGmlpLayer(dense_gelu(y, self.in_project, 0, half))
+        v = self.BlockGmlpLayer(dense_gelu(y, self.in_project, half, 2 * half))
         return linear_of_concat([u, v], self.out_project) + x
 
 
@@ -226,7 +268,7 @@ class MlpBlock(nn.Module):
         self.Dense_1 = nn.Linear(features, features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.Dense_1(gelu(self.Dense_0(x)))
+        return self.Dense_1(dense_gelu(x, self.Dense_0))
 
 
 class RDCAB(nn.Module):
@@ -270,11 +312,13 @@ class SpatialGatingWeights(nn.Module):
         self.out_project = nn.Linear(channels * 2, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        poll_abort()
         n, h, w, _ = x.shape
         y = self.LayerNorm_in(x)
         half = self.in_project.out_features // 2
-        u = gelu(linear_rows(y, self.in_project, 0, half))
-        v = gelu(linear_rows(y, self.in_project, half, 2 * half))
+        u = dense_gelu(y, self.in_project, 0, half)
+        v = dense_gelu(y, self.in_project, half, 2 * half)
+        del y
         fh, fw = h // self.grid, w // self.grid
         u = from_tokens(mix_tokens(to_tokens(u, fh, fw, True), self.Dense_0), n, h, w, fh, fw, True)
         fh = fw = self.block
@@ -303,12 +347,16 @@ class CrossGatingBlock(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.upsample_y:
             y = self.ConvTranspose_0(y)
-        x = self.Conv_0(x)
+        if isinstance(x, list):  # the pieces of a concatenation, handed over: freed once projected
+            pieces, x = x, linear_of_concat(x, self.Conv_0)
+            pieces.clear()
+        else:
+            x = self.Conv_0(x)
         y = self.Conv_1(y)
         shortcut_x, shortcut_y = x, y
-        x = gelu(self.in_project_x(self.LayerNorm_x(x)))
+        x = dense_gelu(self.LayerNorm_x(x), self.in_project_x)
         gx = self.SplitHeadMultiAxisGating_x(x)
-        y = gelu(self.in_project_y(self.LayerNorm_y(y)))
+        y = dense_gelu(self.LayerNorm_y(y), self.in_project_y)
         gy = self.SplitHeadMultiAxisGating_y(y)
         y = self.out_project_y(y * gx) + shortcut_y
         x = self.out_project_x(x * gy) + y + shortcut_x
@@ -328,15 +376,19 @@ class UNetEncoderBlock(nn.Module):
         if downsample:
             self.Conv_1 = Conv(features, features, 4, stride=2)
 
-    def forward(self, x, skip=None, enc=None, dec=None):
-        x = self.Conv_0(x) if skip is None else linear_of_concat([x, skip], self.Conv_0)
+    def forward(self, inputs: list[torch.Tensor], cross: torch.Tensor | None = None):
+        """``inputs``: the pieces of the block's input (joined on the channels), handed over: the list is
+        emptied once they are projected, so they are not kept for the whole block. ``cross``: the previous
+        stage's encoder + decoder features for the cross-gating block (stages after the first)."""
+        x = linear_of_concat(inputs, self.Conv_0)
+        inputs.clear()
         shortcut = x
         for i in range(NUM_GROUPS):
             x = getattr(self, f"SplitHeadMultiAxisGmlpLayer_{i}")(x)
             x = getattr(self, f"channel_attention_block_1{i}")(x)
         x = x + shortcut
-        if enc is not None:
-            x, _ = self.cross_gating_block(x, enc + dec)
+        if cross is not None:
+            x, _ = self.cross_gating_block(x, cross)
         if self.downsample:
             return self.Conv_1(x), x
         return x
@@ -349,8 +401,10 @@ class UNetDecoderBlock(nn.Module):
         self.UNetEncoderBlock_0 = UNetEncoderBlock(features + skip_channels, features, block, grid,
                                                    downsample=False, cross_gating=False)
 
-    def forward(self, x: torch.Tensor, bridge: torch.Tensor) -> torch.Tensor:
-        return self.UNetEncoderBlock_0(self.ConvTranspose_0(x), skip=bridge)
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """``inputs``: [the level below's output, *the bridge's pieces], handed over (emptied)."""
+        inputs[0] = self.ConvTranspose_0(inputs[0])
+        return self.UNetEncoderBlock_0(inputs)
 
 
 class UpSampleRatio(nn.Module):
@@ -444,11 +498,11 @@ class MAXIM3S(nn.Module):
         finally:
             _run_state.check = None
 
-    def _resized_and_joined(self, features: list[torch.Tensor], first: int) -> torch.Tensor:
-        """``features`` brought to one scale by ``UpSampleRatio_{first}``, ``_{first + 1}``, ... and joined on
-        the channels. The resized pieces live only inside this call: peak memory bounds the window size."""
-        return torch.cat([getattr(self, f"UpSampleRatio_{first + j}")(feature) for j, feature in enumerate(features)],
-                         dim=-1)
+    def _resized(self, features: list[torch.Tensor], first: int) -> list[torch.Tensor]:
+        """``features`` brought to one scale by ``UpSampleRatio_{first}``, ``_{first + 1}``, ... The network
+        joins them on the channels; the next dense layer reads the pieces instead (``linear_of_concat``), so
+        the joined copy is never made: peak memory bounds the window size."""
+        return [getattr(self, f"UpSampleRatio_{first + j}")(feature) for j, feature in enumerate(features)]
 
     def _forward(self, x: torch.Tensor, check: Callable[[], None]) -> torch.Tensor:
         n, h, w, _ = x.shape
@@ -473,10 +527,14 @@ class MAXIM3S(nn.Module):
                 enc_prev = encs_prev.pop() if s > 0 else None
                 dec_prev = decs_prev.pop() if s > 0 else None
                 check()
-                skip, x_scales[i] = x_scales[i], None   # dropped as soon as used: peak memory is what limits
-                y, bridge = getattr(self, f"stage_{s}_encoder_block_{i}")(y, skip=skip, enc=enc_prev,
-                                                                         dec=dec_prev)
-                del skip, enc_prev, dec_prev
+                # Inputs are handed over in lists and references dropped as soon as they are used: the peak
+                # memory of a window is what limits its size.
+                inputs = [y, x_scales[i]]
+                x_scales[i] = y = None
+                cross = enc_prev + dec_prev if s > 0 else None
+                del enc_prev, dec_prev
+                y, bridge = getattr(self, f"stage_{s}_encoder_block_{i}")(inputs, cross=cross)
+                del cross
                 encs.append(bridge)
             for i in range(NUM_BOTTLENECK_BLOCKS):
                 check()
@@ -484,21 +542,20 @@ class MAXIM3S(nn.Module):
             global_feature = y
             skip_features = []
             for i in reversed(range(DEPTH)):
-                signal = self._resized_and_joined(encs, upsample_index)
-                upsample_index += len(encs)
                 check()
-                skips, global_feature = getattr(self, f"stage_{s}_cross_gating_block_{i}")(signal, global_feature)
-                del signal
+                skips, global_feature = getattr(self, f"stage_{s}_cross_gating_block_{i}")(
+                    self._resized(encs, upsample_index), global_feature)
+                upsample_index += len(encs)
                 skip_features.append(skips)
             decs = []
             sam_features = []
             output = None
             for i in reversed(range(DEPTH)):
-                bridge = self._resized_and_joined(skip_features, upsample_index)
-                upsample_index += len(skip_features)
                 check()
-                y = getattr(self, f"stage_{s}_decoder_block_{i}")(y, bridge=bridge)
-                del bridge
+                inputs = [y, *self._resized(skip_features, upsample_index)]
+                y = None
+                upsample_index += len(skip_features)
+                y = getattr(self, f"stage_{s}_decoder_block_{i}")(inputs)
                 decs.append(y)
                 if s < NUM_STAGES - 1:
                     sam_features.append(getattr(self, f"stage_{s}_supervised_attention_module_{i}")(y, shortcuts[i]))
