@@ -7,8 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-import httpcore
-import httpx
+import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from shared.contract import PARAMS_HEADER, StageError
@@ -17,30 +16,98 @@ from shared.imaging import PNG_MEDIA_TYPE, RASTER_MEDIA_TYPE, media_type_of, ver
 from .balancer import Replica, ReplicaSet
 from .settings import Settings
 
-# httpcore reads an answer in 64 KB pieces, each a trip through the event loop: a 6 MB raster is ~100 of
-# them. Reading a megabyte at a time makes a hop measurably cheaper (bench/simple.py, hops).
-httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
-
 log = logging.getLogger("restore.gateway.client")
 
 # Statuses of the stage contract whose error body the gateway passes on as its own answer; anything else a
 # stage says (a redirect, 401, a 500) is the stage's failure, answered 502 naming it.
 PASSED_ON_STATUSES = {400, 413, 415, 422, 503}
 
-# Errors where the request never reached a working stage or the stage died while serving it: safe to retry,
-# because /process has no side effects.
-RETRYABLE_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
-                              httpx.ReadError, httpx.WriteError, httpx.PoolTimeout)
+# Stage connections idle longer than this are not reused: under the stages' own keep-alive (uvicorn's 5 s),
+# so that a request never goes out on a connection the stage is closing at that moment.
+KEEPALIVE_S = 3.0
+
+
+class StageTransportError(Exception):
+    """No usable answer came back from a stage over HTTP (as opposed to an answer that says no)."""
+
+
+class StageConnectionError(StageTransportError):
+    """The request never reached a working stage, or the connection broke while it served it: safe to retry,
+    because /process has no side effects."""
+
+
+class StageConnectTimeout(StageConnectionError):
+    pass
+
+
+class StageReadTimeout(StageTransportError):
+    """The stage accepted the request but stayed silent for the stage's timeout."""
+
+
+@dataclass
+class StageAnswer:
+    status_code: int
+    headers: dict[str, str]  # names in lower case
+    content: bytes
+
+    def json(self):
+        return json.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+
+class StageHTTP:
+    """The gateway's HTTP client for its stages: aiohttp, whose C parser moves the megabytes of each hop in
+    a fraction of the time of a pure-Python one (bench/simple.py, hops). One session per event loop, opened
+    on first use (the worker builds its client before its loop runs)."""
+
+    def __init__(self, max_connections: int = 64):
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=KEEPALIVE_S)
+            # The stages' answers are images and JSON as they are: no compression asked for or undone.
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                                  skip_auto_headers=("Accept-Encoding",))
+        return self._session
+
+    async def request(self, method: str, url: str, *, read_timeout: float, connect_timeout: float,
+                      content: bytes | None = None, headers: dict[str, str] | None = None) -> StageAnswer:
+        """One request, its whole answer read; transport failures raised as ``StageTransportError``s.
+        ``read_timeout`` bounds each wait for the stage (not the whole call, which may stream for long)."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        try:
+            async with self._open().request(method, url, data=content, headers=headers, timeout=timeout) as answer:
+                body = await answer.read()
+                names: dict[str, str] = {}
+                for name, value in answer.headers.items():
+                    name = name.lower()
+                    names[name] = f"{names[name]}, {value}" if name in names else value
+                return StageAnswer(answer.status, names, body)
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise StageConnectTimeout(repr(exc)) from None
+        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
+            raise StageReadTimeout(repr(exc)) from None
+        except aiohttp.ClientError as exc:  # refused, reset, closed mid-answer, not HTTP
+            raise StageConnectionError(repr(exc)) from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
 
 class RetryableStatus(Exception):
-    def __init__(self, response: httpx.Response):
+    def __init__(self, response: StageAnswer):
         super().__init__(f"HTTP {response.status_code}")
         self.response = response
 
 
 def _should_retry(exc: BaseException) -> bool:
-    return isinstance(exc, RETRYABLE_TRANSPORT_ERRORS + (RetryableStatus,))
+    return isinstance(exc, (StageConnectionError, RetryableStatus))
 
 
 # What the gateway asks a stage to answer in: the raster transport between stages (a copy instead of a PNG
@@ -62,7 +129,7 @@ class StageResult:
 class StageClient:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        self.http = StageHTTP(max_connections=64)
         self._info_cache: dict[str, tuple[float, dict]] = {}
         self.replicas = {name: ReplicaSet(spec, resolve_interval=settings.resolve_interval)
                          for name, spec in settings.service_urls.items()}
@@ -72,8 +139,9 @@ class StageClient:
     async def close(self) -> None:
         await self.http.aclose()
 
-    def _timeout(self, service: str) -> httpx.Timeout:
-        return httpx.Timeout(self.settings.stage_timeouts[service], connect=self.settings.connect_timeout)
+    def _timeouts(self, service: str) -> dict[str, float]:
+        return {"read_timeout": self.settings.stage_timeouts[service],
+                "connect_timeout": self.settings.connect_timeout}
 
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(stop=stop_after_attempt(self.settings.retry_attempts),
@@ -109,9 +177,9 @@ class StageClient:
                     if request_id:
                         self._serving[request_id] = replica
                     try:
-                        response = await self.http.post(url, content=image, headers=headers,
-                                                        timeout=self._timeout(service))
-                    except httpx.TransportError:
+                        response = await self.http.request("POST", url, content=image, headers=headers,
+                                                           **self._timeouts(service))
+                    except StageTransportError:
                         replicas.release(replica, failed=True)
                         raise
                     except BaseException:  # cancelled by the caller: the replica did nothing wrong
@@ -123,14 +191,14 @@ class StageClient:
                         raise RetryableStatus(response)
         except RetryableStatus as exc:
             raise _stage_failure(service, exc.response) from None
-        except httpx.TimeoutException as exc:
-            if isinstance(exc, httpx.ConnectTimeout):
-                log.warning("stage %s: connect timeout at %s", service, url)
-                raise StageError(f"stage '{service}' is unreachable", code="stage_unreachable",
-                                 status=502, stage=service) from None
+        except StageConnectTimeout:
+            log.warning("stage %s: connect timeout at %s", service, url)
+            raise StageError(f"stage '{service}' is unreachable", code="stage_unreachable",
+                             status=502, stage=service) from None
+        except StageReadTimeout:
             raise StageError(f"stage '{service}' did not answer within {self.settings.stage_timeouts[service]:g}"
                              " s", code="stage_timeout", status=504, stage=service) from None
-        except httpx.TransportError as exc:
+        except StageTransportError as exc:
             log.warning("stage %s at %s: %r", service, url, exc)
             raise StageError(f"stage '{service}' is unreachable or failed mid-request",
                              code="stage_unreachable", status=502, stage=service) from None
@@ -153,13 +221,13 @@ class StageClient:
         if replica is None:
             return None
         try:
-            response = await self.http.get(f"{replica.url}/progress/{request_id}",
-                                           timeout=httpx.Timeout(2, connect=self.settings.connect_timeout))
+            response = await self.http.request("GET", f"{replica.url}/progress/{request_id}", read_timeout=2,
+                                               connect_timeout=self.settings.connect_timeout)
             if response.status_code != 200:
                 return None
             answer = response.json()
             return float(answer["progress"]) if answer.get("state") == "running" else None
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        except (StageTransportError, ValueError, KeyError, TypeError):
             return None
 
     async def decide(self, service: str, image: bytes, params: dict) -> str | None:
@@ -168,11 +236,11 @@ class StageClient:
         replica = self.replicas[service].acquire()
         self.replicas[service].release(replica)  # a short call: balanced, but not counted as load
         try:
-            response = await self.http.post(  # like /process: the image as the body, the params in a header
-                replica.url + "/decide", content=image, timeout=self._timeout(service),
+            response = await self.http.request(  # like /process: the image as the body, the params in a header
+                "POST", replica.url + "/decide", content=image, **self._timeouts(service),
                 headers={"Content-Type": media_type_of(image), PARAMS_HEADER: json.dumps(params)})
             decision = response.json().get("decision") if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, AttributeError):
+        except (StageTransportError, ValueError, AttributeError):
             return None
         return decision if isinstance(decision, str) else None
 
@@ -183,18 +251,19 @@ class StageClient:
         url = replica.url + path
         wait = self.settings.stage_health_timeout_s
         try:
-            timeout = httpx.Timeout(wait, connect=min(wait, self.settings.connect_timeout))
-            response = await self.http.get(url, timeout=timeout)
-            response.raise_for_status()
+            response = await self.http.request("GET", url, read_timeout=wait,
+                                               connect_timeout=min(wait, self.settings.connect_timeout))
+            if response.status_code >= 400:
+                raise ValueError(f"HTTP {response.status_code}")
             body = response.json()
             if not isinstance(body, dict):
                 raise ValueError("not a JSON object")
             return body
-        except httpx.TimeoutException:
+        except (StageReadTimeout, StageConnectTimeout):
             log.warning("stage %s: no answer on %s within %g s", service, url, wait)
             raise StageError(f"stage '{service}' did not answer within {wait:g} s", code="stage_timeout",
                              status=504, stage=service) from None
-        except (httpx.HTTPError, ValueError) as exc:
+        except (StageTransportError, ValueError) as exc:
             log.warning("stage %s: %s failed: %r", service, url, exc)
             raise StageError(f"stage '{service}' is unreachable", code="stage_unreachable", status=502,
                              stage=service) from None
@@ -236,7 +305,7 @@ def bad_answer(service: str, what: str) -> StageError:
                       status=502, stage=service)
 
 
-def _checked_answer_size(service: str, response: httpx.Response, expected: tuple[int, int] | None,
+def _checked_answer_size(service: str, response: StageAnswer, expected: tuple[int, int] | None,
                          max_pixels: int) -> tuple[int, int]:
     if not response.content:
         raise bad_answer(service, "empty body")
@@ -251,7 +320,7 @@ def _checked_answer_size(service: str, response: httpx.Response, expected: tuple
     return size
 
 
-def _stage_failure(service: str, response: httpx.Response) -> StageError:
+def _stage_failure(service: str, response: StageAnswer) -> StageError:
     """A stage's non-200 answer as a gateway error: the contract's 4xx/503 pass on with their code and
     message; anything else is 502 naming the stage (its text goes to the log, not to the client)."""
     error = None

@@ -258,7 +258,6 @@ def main() -> None:
     stage_settings = Settings.from_env()  # validated before anything runs: a bad variable stops the worker
     settings = load_settings(JobSettings)
     logging.basicConfig(level=stage_settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per stage call and progress poll
     store = JobStore(settings)
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name="chains", daemon=True).start()
