@@ -17,6 +17,7 @@ from shared.settings import cached_settings
 
 from .blur_auto import decide
 from .blur_estimate import estimate_blur
+from .maxim_runner import release_free_memory
 from .models import INCEPTION, MAXIM, MOBILENET, MODEL_FILES, SPECS, DeblurModels
 from .settings import DeblurSettings
 
@@ -93,6 +94,9 @@ def make_deblur(models: DeblurModels):
             result = runner.deblur(rgb, ctx=ctx.sub_progress(0.0, 0.98))
         else:
             result = deblur_array(rgb, runner, ctx=ctx.sub_progress(0.0, 0.98), **tiling_for(name, *rgb.shape[:2]))
+            # The service serves large blocks from the heap (HEAP_LARGE_BLOCKS): give the freed activations back
+            # now, as MAXIM's runner does after each window, rather than hold them until the next photo.
+            release_free_memory()
         if strength < 1.0:
             result = rgb + np.float32(strength) * (result - rgb)
         if is_grayscale(picture.rgb):
