@@ -78,8 +78,11 @@ class StageHTTP:
     async def request(self, method: str, url: str, *, read_timeout: float, connect_timeout: float,
                       content: bytes | None = None, headers: dict[str, str] | None = None) -> StageAnswer:
         """One request, its whole answer read; transport failures raised as ``StageTransportError``s.
-        ``read_timeout`` bounds each wait for the stage (not the whole call, which may stream for long)."""
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        ``read_timeout`` bounds each wait for the stage's answer once the request is sent. aiohttp has no
+        write timeout, so a stage that never reads the request (its event loop blocked) is bounded by a
+        whole-call limit of twice that."""
+        timeout = aiohttp.ClientTimeout(total=2 * read_timeout + connect_timeout, sock_connect=connect_timeout,
+                                        sock_read=read_timeout)
         try:
             async with self._open().request(method, url, data=content, headers=headers, timeout=timeout) as answer:
                 body = await answer.read()

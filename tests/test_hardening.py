@@ -491,3 +491,36 @@ def test_runtime_requirements_carry_no_test_packages():
     for dockerfile in [*(ROOT / "services").glob("*/Dockerfile"), ROOT / "gateway" / "Dockerfile",
                        ROOT / "ui" / "Dockerfile"]:
         assert "requirements-test" not in dockerfile.read_text(), dockerfile
+
+
+def test_a_stage_that_never_reads_the_request_is_timed_out():
+    """A stage whose event loop is stuck accepts the connection but reads nothing: the gateway's client has no
+    write timeout, so its whole-call bound must end the call (as a read timeout: 504), not hang the chain."""
+    import asyncio
+
+    from gateway.client import StageHTTP, StageReadTimeout
+
+    async def scenario() -> float:
+        stop = asyncio.Event()
+
+        async def never_reads(reader, writer):
+            await stop.wait()
+            writer.close()
+
+        server = await asyncio.start_server(never_reads, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        http = StageHTTP()
+        started = time.monotonic()
+        try:
+            with pytest.raises(StageReadTimeout):
+                # far more than the socket buffers take, so the write itself stalls
+                await http.request("POST", f"http://127.0.0.1:{port}/process", content=bytes(64 << 20),
+                                   read_timeout=1.0, connect_timeout=1.0)
+            return time.monotonic() - started
+        finally:
+            stop.set()
+            await http.close()
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(scenario()) < 10
