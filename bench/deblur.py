@@ -230,8 +230,7 @@ def speed_worker(spec: dict) -> None:
     from services.deblur.settings import DeblurSettings
     from shared.heap import configure_heap
     from shared.settings import load_settings
-    served = load_settings(DeblurSettings)
-    configure_heap(served.heap_keep_mb, served.heap_large_blocks)  # the heap as the deblur service sets it up
+    configure_heap(load_settings(DeblurSettings))  # the heap as the deblur service sets it up
     from services.deblur import models as m
     from services.deblur.stage import deblur_array
     from shared.model_store import ModelStore

@@ -86,8 +86,7 @@ def sparse_on_mask(rgb8: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def as_served() -> None:
     """The C library's heap set up as the repair service sets it (HEAP_KEEP_MB: freed arrays are kept for the
     next photo), so speed and memory are those of the served stage."""
-    settings = cached_settings(StageSettings)
-    configure_heap(settings.heap_keep_mb, settings.heap_large_blocks)
+    configure_heap(cached_settings(StageSettings))
 
 
 def peak_rss_child() -> None:

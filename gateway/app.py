@@ -34,7 +34,7 @@ from .settings import Settings
 log = logging.getLogger("restore.gateway")
 # Validated at import: a bad variable stops the gateway with a message naming it.
 SETTINGS = Settings.from_env()
-configure_heap(SETTINGS.heap_keep_mb, SETTINGS.heap_large_blocks)
+configure_heap(SETTINGS)
 # Bytes one /v1/finish may hold per result pixel: the upload and the result PNG (up to 8 bytes a pixel
 # each at 16-bit RGBA, usually far less) and, for JPEG, the decoded 8-bit pixels.
 FINISH_BYTES_PER_PIXEL = 12

@@ -60,8 +60,8 @@ class StageAnswer:
 
 class StageHTTP:
     """The gateway's HTTP client for its stages: aiohttp, whose C parser moves the megabytes of each hop in
-    a fraction of the time of a pure-Python one (bench/simple.py, hops). One session per event loop, opened
-    on first use (the worker builds its client before its loop runs)."""
+    a fraction of the time of a pure-Python one (bench/simple.py, hops). The session is opened on first use,
+    inside the event loop that uses it (the worker builds its client before its loop runs)."""
 
     def __init__(self, max_connections: int = 64):
         self.max_connections = max_connections

@@ -29,12 +29,11 @@ def _mallopt():
         return None
 
 
-def configure_heap(keep_mb: int, large_blocks: str = "mmap") -> bool:
+def configure_heap(settings) -> None:
     """The process's heap policy from its settings (``heap_keep_mb``, ``heap_large_blocks``)."""
-    kept = keep_freed_memory(keep_mb)
-    if large_blocks == "heap":
-        return large_blocks_from_heap()
-    return kept
+    keep_freed_memory(settings.heap_keep_mb)
+    if settings.heap_large_blocks == "heap":
+        large_blocks_from_heap()
 
 
 def large_blocks_from_heap() -> bool:
@@ -57,4 +56,5 @@ def keep_freed_memory(megabytes: int) -> bool:
     if megabytes <= 0:
         return False
     mallopt = _mallopt()
-    return mallopt is not None and bool(mallopt(M_ARENA_MAX, 1) and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and mallopt(M_TRIM_THRESHOLD, megabytes << 20))
+    return mallopt is not None and bool(mallopt(M_ARENA_MAX, 1) and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+                                        and mallopt(M_TRIM_THRESHOLD, megabytes << 20))

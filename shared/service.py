@@ -66,7 +66,7 @@ class Stage:
 
 def create_stage_app(stage: Stage) -> FastAPI:
     settings = stage.config()  # validated now: a bad variable stops the service before it serves
-    configure_heap(settings.heap_keep_mb, settings.heap_large_blocks)
+    configure_heap(settings)
     app = FastAPI(title=f"{stage.name} stage", description=stage.description)
     install_error_handlers(app, stage.name)
     # CPU models use every core for one request; more at once only thrashes caches and memory.

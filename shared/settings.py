@@ -50,6 +50,13 @@ class StageSettings(ServiceSettings):
         return self.max_upload_bytes or upload_limit_for(self.input_pixel_limit())
 
 
+class ModelStageSettings(StageSettings):
+    """A stage that runs a network. Its tensors come and go in hundreds of MB: freed memory goes back to the
+    kernel (the C library's default policy), and the memory figures in bench/ and deploy/ were measured so."""
+
+    heap_keep_mb: int = Field(0, ge=0, le=2047, description=ServiceSettings.model_fields["heap_keep_mb"].description)
+
+
 def upload_limit_for(max_pixels: int) -> int:
     """A body limit no honest image within ``max_pixels`` reaches (PNG never grows much past raw size)."""
     return max_pixels * BYTES_PER_PIXEL_BOUND + UPLOAD_METADATA_ALLOWANCE

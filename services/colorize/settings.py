@@ -5,13 +5,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from shared.settings import StageSettings
+from shared.settings import ModelStageSettings
 
 
-class ColorizeSettings(StageSettings):
-    # A model's tensors come and go in hundreds of MB: the C library's default policy returns them, and the
-    # memory figures in bench/ and deploy/ were measured with it.
-    heap_keep_mb: int = Field(0, ge=0, le=2047)
+class ColorizeSettings(ModelStageSettings):
     colorize_threads: int | None = Field(None, ge=1, le=256, description="torch threads")
     colorize_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="torch device")
     colorize_precision: Literal["auto", "fp32", "bf16", "mixed", "fp16"] = "auto"

@@ -6,14 +6,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from shared.settings import StageSettings
+from shared.settings import ModelStageSettings
 
 
-class DeblurSettings(StageSettings):
-    # A model's tensors come and go in hundreds of MB: freed memory goes back to the kernel (MAXIM's runner
-    # trims the heap between blocks), but blocks over 32 MB come from the heap, not from a fresh mapping per
-    # layer (shared/heap.py; bench/deblur.py measures it as served).
-    heap_keep_mb: int = Field(0, ge=0, le=2047)
+class DeblurSettings(ModelStageSettings):
+    # Blocks over 32 MB come from the heap, not from a fresh mapping per layer (MAXIM's runner trims the heap
+    # between blocks; shared/heap.py; bench/deblur.py measures it as served).
     heap_large_blocks: Literal["mmap", "heap"] = "heap"
     deblur_threads: int | None = Field(None, ge=1, le=256, description="ONNX Runtime / torch threads")
     deblur_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="torch device")
