@@ -140,7 +140,7 @@ class StageClient:
         self._serving: dict[str, Replica] = {}
 
     async def close(self) -> None:
-        await self.http.aclose()
+        await self.http.close()
 
     def _timeouts(self, service: str) -> dict[str, float]:
         return {"read_timeout": self.settings.stage_timeouts[service],

@@ -524,3 +524,16 @@ def test_a_stage_that_never_reads_the_request_is_timed_out():
             await server.wait_closed()
 
     assert asyncio.run(scenario()) < 10
+
+
+def test_gateway_shuts_down_cleanly():
+    """The lifespan's shutdown closes the stage client's HTTP session (a failed shutdown would leave the
+    worker's and the gateway's connections to the stages open, and log 'Application shutdown failed')."""
+    from fastapi.testclient import TestClient
+
+    import gateway.app as gateway_app
+
+    with TestClient(gateway_app.app) as client:
+        session = client.app.state.client.http._open()
+        assert not session.closed
+    assert session.closed
