@@ -26,7 +26,7 @@ from shared.upload import read_multipart, reject_unknown_fields
 
 from .chains import (FUSIONS, STEPS, ChainOutcome, build_advanced_steps, parse_advanced_chain, run_chain,
                      simple_chain)
-from .client import StageClient
+from .client import StageClient, run_check
 from .jobs import Jobs
 from .jobs_store import JobSettings
 from .settings import Settings
@@ -126,7 +126,7 @@ async def run_synchronously(request: Request, mode: str) -> Response:
     # here as well would cost the CPU the first stage is using.
     fmt, width, height = check_upload_header(data, max_pixels)
     if fmt == "PNG":
-        await run_in_threadpool(check_png, data, max_pixels, False)
+        await run_check(check_png, data, max_pixels, False, size=len(data))
     try:
         steps = await steps_from_fields(request, mode, fields)
         outcome = await run_chain(request.app.state.client, data, steps)

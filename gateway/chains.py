@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from shared.contract import BadRequest, InvalidParams, StageError, parse_json_field, validate_against_schema
 from shared.imaging import PNG_MEDIA_TYPE, decode_any, encode_png, media_type_of, transport_size
 
-from .client import StageClient
+from .client import StageClient, run_check
 
 # step name -> (service, params pinned by the step)
 STEPS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -266,7 +266,7 @@ async def run_chain(client: StageClient, image: bytes, steps: list[Step],
     """
     outcome = outcome if outcome is not None else ChainOutcome(image=None)
     current, current_type = image, media_type_of(image)  # a resumed job may start from a raster checkpoint
-    size = await run_in_threadpool(transport_size, image)
+    size = await run_check(transport_size, image, size=len(image))
     max_pixels = client.settings.largest_result_pixels
     index = start
     while index < len(steps):

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -17,6 +18,7 @@ from .balancer import Replica, ReplicaSet
 from .settings import Settings
 
 log = logging.getLogger("restore.gateway.client")
+T = TypeVar("T")
 
 # Statuses of the stage contract whose error body the gateway passes on as its own answer; anything else a
 # stage says (a redirect, 401, a 500) is the stage's failure, answered 502 naming it.
@@ -25,6 +27,18 @@ PASSED_ON_STATUSES = {400, 413, 415, 422, 503}
 # Stage connections idle longer than this are not reused: under the stages' own keep-alive (uvicorn's 5 s),
 # so that a request never goes out on a connection the stage is closing at that moment.
 KEEPALIVE_S = 3.0
+
+
+# A check of this many bytes or fewer (a CRC pass over a photo-sized PNG, a header read) runs on the event
+# loop: it costs less than sending it to a thread and waking the loop when it is done.
+INLINE_CHECK_BYTES = 8 << 20
+
+
+async def run_check(check: Callable[..., T], *args, size: int) -> T:
+    """``check(*args)`` on the event loop when ``size`` (the bytes it reads) is small, else in a thread."""
+    if size <= INLINE_CHECK_BYTES:
+        return check(*args)
+    return await asyncio.to_thread(check, *args)
 
 
 class StageTransportError(Exception):
@@ -211,7 +225,8 @@ class StageClient:
         gateway_ms = (time.perf_counter() - started) * 1000
         if response.status_code != 200:
             raise _stage_failure(service, response)
-        size = await asyncio.to_thread(_checked_answer_size, service, response, expected_size, max_pixels)
+        size = await run_check(_checked_answer_size, service, response, expected_size, max_pixels,
+                               size=len(response.content))
         answered = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if answered not in accept:
             raise bad_answer(service, f"answered {answered}, asked for {accept}")

@@ -14,8 +14,11 @@ import io
 import logging
 import os
 import struct
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -165,15 +168,16 @@ def to_float_planes(arr: np.ndarray, peak: float, bgr: bool = False) -> tuple[np
     rgb = np.empty((height, width, 3), np.float32)
     alpha = np.empty((height, width), np.float32) if channels in (2, 4) else None
     scale = np.float32(1 / peak)
-    for top in range(0, height, ROW_BLOCK):
-        block = arr[top:top + ROW_BLOCK]
-        rows = slice(top, top + block.shape[0])
+
+    def convert(rows: slice) -> None:
+        block = arr[rows]
         if channels <= 2:
             rgb[rows] = np.multiply(block[:, :, :1], scale, dtype=np.float32)
         else:
             np.multiply(block[:, :, 2::-1] if bgr else block[:, :, :3], scale, out=rgb[rows], dtype=np.float32)
         if alpha is not None:
             np.multiply(block[:, :, -1], scale, out=alpha[rows], dtype=np.float32)
+    for_row_blocks(height, convert, parallel=arr.size >= PARALLEL_ELEMENTS)
     return rgb, alpha
 
 
@@ -187,11 +191,76 @@ def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
 
 
 ROW_BLOCK = 256  # rows per block when converting big images, so no full-size float temporary is made
+# Conversions of at least this many values share their row blocks out to a few threads: a pass over a
+# photo's pixels is a visible part of every hop (bench/simple.py, hops), and numpy and OpenCV release the
+# GIL while they convert.
+PARALLEL_ELEMENTS = 1 << 20
+GRAY_PROBE_ROWS = 8
+_CONVERT_THREADS = max(1, min(4, os.cpu_count() or 1))
+_convert_pool: ThreadPoolExecutor | None = None
+_convert_pool_lock = threading.Lock()
+
+
+class _RowBlocks:
+    """Row blocks handed out one at a time to whichever thread asks: the caller works through them with
+    the pool's helpers, and waits only for blocks a helper has started (never for a helper still queued
+    behind other work), so calling this from a pool thread cannot deadlock."""
+
+    def __init__(self, blocks: list[slice], work: Callable[[slice], None]):
+        self._pending = iter(blocks)
+        self._work = work
+        self._done = threading.Condition()
+        self._busy = 0
+        self.error: BaseException | None = None
+
+    def drain(self) -> None:
+        while True:
+            with self._done:
+                block = next(self._pending, None) if self.error is None else None
+                if block is None:
+                    return
+                self._busy += 1
+            try:
+                self._work(block)
+            except BaseException as exc:  # noqa: B036 - handed to the caller, which raises it
+                with self._done:
+                    self.error = self.error or exc
+            finally:
+                with self._done:
+                    self._busy -= 1
+                    self._done.notify_all()
+
+    def wait(self) -> None:
+        with self._done:
+            self._done.wait_for(lambda: self._busy == 0)
+        if self.error is not None:
+            raise self.error
+
+
+def for_row_blocks(rows: int, work: Callable[[slice], None], parallel: bool = True) -> None:
+    """``work(block)`` for every block of ``ROW_BLOCK`` rows out of ``rows``; blocks run on several threads
+    when ``parallel`` (``work`` must then touch only its own rows)."""
+    global _convert_pool
+    blocks = [slice(top, min(top + ROW_BLOCK, rows)) for top in range(0, rows, ROW_BLOCK)]
+    if not parallel or len(blocks) < 2 or _CONVERT_THREADS < 2:
+        for block in blocks:
+            work(block)
+        return
+    with _convert_pool_lock:
+        if _convert_pool is None:
+            _convert_pool = ThreadPoolExecutor(_CONVERT_THREADS - 1, thread_name_prefix="convert")
+    shared = _RowBlocks(blocks, work)
+    for _ in range(min(_CONVERT_THREADS, len(blocks)) - 1):
+        _convert_pool.submit(shared.drain)
+    shared.drain()
+    shared.wait()
 
 
 def is_grayscale(rgb: np.ndarray, tolerance: float = 1 / 255) -> bool:
-    for top in range(0, rgb.shape[0], ROW_BLOCK):
-        block = rgb[top:top + ROW_BLOCK]
+    # A few rows first: a colour photo is almost always told apart there, without a pass over a whole block.
+    tops = [0, *range(GRAY_PROBE_ROWS, rgb.shape[0], ROW_BLOCK)]
+    for top, bottom in zip(tops, [*tops[1:], rgb.shape[0]]):
+        block = rgb[top:bottom]
         if (np.abs(block[:, :, 0] - block[:, :, 1]).max() > tolerance
                 or np.abs(block[:, :, 1] - block[:, :, 2]).max() > tolerance):
             return False
@@ -206,14 +275,16 @@ def to_integer(arr: np.ndarray, bit_depth: int, out: np.ndarray | None = None) -
     depth = cv2.CV_16U if bit_depth == 16 else cv2.CV_8U
     if out is None:
         out = np.empty(arr.shape, dtype=np.uint16 if bit_depth == 16 else np.uint8)
-    if arr.dtype == np.float32 and arr.flags.c_contiguous and out.flags.c_contiguous:
-        rows = arr.shape[0]  # the common case, a colour picture into a whole buffer: one vectorised pass
-        cv2.multiply(arr.reshape(rows, -1), peak, dst=out.reshape(rows, -1), dtype=depth)
-        return out
-    for top in range(0, arr.shape[0], ROW_BLOCK):
-        block = np.ascontiguousarray(arr[top:top + ROW_BLOCK], dtype=np.float32)
-        out[top:top + ROW_BLOCK] = cv2.multiply(block.reshape(block.shape[0], -1), peak,
-                                                dtype=depth).reshape(block.shape)
+    whole = arr.dtype == np.float32 and arr.flags.c_contiguous and out.flags.c_contiguous
+
+    def convert(rows: slice) -> None:
+        if whole:  # the common case, a colour picture into a whole buffer: no copy of the block first
+            block, into = arr[rows], out[rows]
+            cv2.multiply(block.reshape(block.shape[0], -1), peak, dst=into.reshape(into.shape[0], -1), dtype=depth)
+            return
+        block = np.ascontiguousarray(arr[rows], dtype=np.float32)
+        out[rows] = cv2.multiply(block.reshape(block.shape[0], -1), peak, dtype=depth).reshape(block.shape)
+    for_row_blocks(arr.shape[0], convert, parallel=arr.size >= PARALLEL_ELEMENTS)
     return out
 
 

@@ -154,14 +154,17 @@ async def run_in_slot(stage: Stage, concurrency: asyncio.Semaphore, image_bytes:
     """Decode, run and encode inside the stage's concurrency slot, all off the event loop: a waiting
     request holds only its encoded upload, and ``/health`` answers while the stage works. The answer is
     the raster transport when ``raster`` (the caller asked for it), else PNG."""
+    def decode_run_encode() -> tuple[Picture, tuple[bytes | bytearray, str]]:
+        ctx.check_aborted()
+        result = stage.run(decode_any(image_bytes, None, stage.input_limit()), values, ctx)
+        ctx.check_aborted()
+        return result, encode_for(result, raster)
+
     async with concurrency:
         entered.set()
-        ctx.check_aborted()
-        picture = await run_in_threadpool(decode_any, image_bytes, None, stage.input_limit())
-        result = await run_in_threadpool(stage.run, picture, values, ctx)
-        ctx.check_aborted()
-        encoded = await run_in_threadpool(encode_for, result, raster)
-    return result, encoded
+        # One trip to the thread pool, not one per step: every hand-over between threads waits for a
+        # sleeping thread to wake, and that wait is a visible part of a short request.
+        return await run_in_threadpool(decode_run_encode)
 
 
 async def run_until_disconnected(request: Request, ctx: StageContext,

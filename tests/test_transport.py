@@ -160,3 +160,59 @@ def test_gateway_chain_result_identical_to_png_hops(stack, kind):
     assert through_gateway.status_code == 200, through_gateway.text
     assert through_gateway.headers["content-type"] == PNG_MEDIA_TYPE
     assert through_gateway.content == current
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_conversions_shared_out_to_threads_match_one_thread(monkeypatch, bit_depth):
+    """A photo-sized picture is converted in row blocks on several threads: the same integers and floats
+    as one pass on one thread, out-of-range values saturating alike."""
+    import shared.imaging as imaging
+    rng = np.random.default_rng(1)
+    rgb = rng.uniform(-0.2, 1.2, (1100, 700, 3)).astype(np.float32)
+    alpha = rng.random((1100, 700), dtype=np.float32)
+    picture = Picture(rgb=rgb, alpha=alpha, bit_depth=bit_depth)
+    threaded, _ = encode_transport(picture)
+    threaded_back = decode_transport(threaded)
+    monkeypatch.setattr(imaging, "PARALLEL_ELEMENTS", 1 << 40)
+    single, _ = encode_transport(picture)
+    single_back = decode_transport(single)
+    assert bytes(threaded) == bytes(single)
+    assert np.array_equal(threaded_back.rgb, single_back.rgb) and np.array_equal(threaded_back.alpha, single_back.alpha)
+
+
+def test_row_blocks_raise_the_work_error_and_nest_without_deadlock():
+    import threading
+
+    from shared.imaging import ROW_BLOCK, for_row_blocks
+    rows = ROW_BLOCK * 6
+    seen = np.zeros(rows, np.int32)
+
+    def inner(block: slice) -> None:
+        seen[block] += 1
+
+    def outer(block: slice) -> None:  # runs on pool threads too, and starts its own blocked work there
+        for_row_blocks(rows, lambda b: None)
+        inner(block)
+
+    finished = threading.Event()
+    worker = threading.Thread(target=lambda: (for_row_blocks(rows, outer), finished.set()), daemon=True)
+    worker.start()
+    assert finished.wait(30), "nested row-block work deadlocked"
+    assert (seen == 1).all()
+
+    def failing(block: slice) -> None:
+        if block.start == ROW_BLOCK * 3:
+            raise ValueError("block 3 failed")
+    with pytest.raises(ValueError, match="block 3 failed"):
+        for_row_blocks(rows, failing)
+
+
+@pytest.mark.parametrize("height", [1, 8, 9, 300, 1000])
+def test_grayscale_found_anywhere_in_the_picture(height):
+    from shared.imaging import is_grayscale
+    gray = np.repeat(np.linspace(0, 1, height * 5, dtype=np.float32).reshape(height, 5, 1), 3, axis=2)
+    assert is_grayscale(gray, tolerance=0.0)
+    for row in {0, height // 2, height - 1}:
+        tinted = gray.copy()
+        tinted[row, 3, 1] += 0.01
+        assert not is_grayscale(tinted, tolerance=0.0), row
