@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import re
+from typing import Any, Callable, Coroutine
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -26,7 +27,7 @@ from shared.upload import read_multipart, reject_unknown_fields
 
 from .chains import (FUSIONS, STEPS, ChainOutcome, build_advanced_steps, parse_advanced_chain, run_chain,
                      simple_chain)
-from .client import StageClient, run_check
+from .client import StageClient
 from .jobs import Jobs
 from .jobs_store import JobSettings
 from .settings import Settings
@@ -116,20 +117,42 @@ async def steps_from_fields(request: Request, mode: str, fields: dict[str, str])
     raise InvalidParams("'mode' must be simple or advanced", field="mode")
 
 
+async def checked_while_running(check: Callable[[], None] | None,
+                                chain: Coroutine[Any, Any, ChainOutcome]) -> ChainOutcome:
+    """``chain``'s outcome, with ``check`` of the upload run in a thread meanwhile (the first stage decodes
+    the upload for far longer than the check takes, on the same bytes): a failed check cancels the chain
+    and is the answer, and whatever the chain ends with, the upload's own fault is said first."""
+    if check is None:
+        return await chain
+    checking = asyncio.ensure_future(asyncio.to_thread(check))
+    running = asyncio.ensure_future(chain)
+    running.add_done_callback(lambda task: task.cancelled() or task.exception())  # said or superseded
+    try:
+        done, _ = await asyncio.wait({checking, running}, return_when=asyncio.FIRST_EXCEPTION)
+        if checking in done and checking.exception() is not None:
+            raise checking.exception()
+        await checking
+        return await running
+    finally:
+        for task in (checking, running):
+            task.cancel()
+
+
 async def run_synchronously(request: Request, mode: str) -> Response:
     data, fields = await read_multipart(request, request.app.state.settings.input_upload_limit)
     reject_unknown_fields(fields, known_fields(mode))
     max_pixels = request.app.state.settings.max_pixels
-    # Before anything is sent: the format, size and pixel limit from the header, and a PNG's chunks and CRCs
-    # (what a broken transfer damages). The image data itself is checked by the first stage's decode, and a
-    # stage that cannot decode the upload is answered as the gateway's own 400 (run_chain): inflating it
-    # here as well would cost the CPU the first stage is using.
+    # Before anything is sent: the format, size and pixel limit from the header. A PNG's chunks and CRCs (what
+    # a broken transfer damages) are checked while the first stage starts on it, and a failure is the answer.
+    # The image data itself is checked by the first stage's decode, and a stage that cannot decode the upload
+    # is answered as the gateway's own 400 (run_chain): inflating it here as well would cost the CPU the
+    # first stage is using.
     fmt, width, height = check_upload_header(data, max_pixels)
-    if fmt == "PNG":
-        await run_check(check_png, data, max_pixels, False, size=len(data))
     try:
         steps = await steps_from_fields(request, mode, fields)
-        outcome = await run_chain(request.app.state.client, data, steps)
+        outcome = await checked_while_running(
+            (lambda: check_png(data, max_pixels, False)) if fmt == "PNG" else None,
+            run_chain(request.app.state.client, data, steps))
     except StageError as exc:
         if exc.code != "corrupt_image":  # what is wrong with the upload is said first (a bad param, a stage down)
             await run_in_threadpool(verify_upload_data, data, fmt, width, height, max_pixels)

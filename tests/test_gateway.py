@@ -262,8 +262,9 @@ def png_with_idat(png: bytes, payload: bytes) -> bytes:
 @pytest.mark.parametrize("endpoint", ["/v1/restore", "/v1/pipeline"])
 @pytest.mark.parametrize("damage", ["crc", "deflate"])
 def test_corrupt_image_data_is_the_gateways_400(stack, endpoint, damage):
-    """Damage the transfer could do (a chunk's CRC no longer matches) is found by the gateway before any stage
-    is called; image data that is broken inside intact chunks is found by the first stage's decode. Either way
+    """Damage the transfer could do (a chunk's CRC no longer matches) is found by the gateway's own check (run
+    while the first stage starts); image data that is broken inside intact chunks is found by the first stage's
+    decode. Either way
     the gateway answers it as the upload's fault (no stage named), not as whichever stage met it."""
     png = png_of(photo("coffee")[:96, :128])
     if damage == "crc":
@@ -481,3 +482,46 @@ def test_stage_down_before_the_call_gives_502_quickly(stack):
     finally:
         stack.restart("postprocess")
     assert post(gateway + "/v1/pipeline", png_of(photo("coffee")[:32, :32]), stages=["sharpen"]).status_code == 200
+
+
+@pytest.mark.parametrize("case", ["check fails first", "chain fails first", "chain ends first", "both pass"])
+def test_the_upload_check_runs_beside_the_chain_and_its_failure_is_the_answer(case):
+    """The gateway checks a PNG upload's chunks while the chain already runs: a failed check cancels the chain
+    and is the answer whatever the chain did; a passed check leaves the chain's own outcome or error."""
+    import asyncio
+    import threading
+
+    from gateway.app import checked_while_running
+    from shared.contract import BadRequest, StageError
+
+    chain_cancelled = threading.Event()
+    check_may_end = threading.Event()
+
+    def check() -> None:
+        if case != "check fails first":
+            check_may_end.wait(5)
+        if case != "both pass":
+            raise BadRequest("a PNG chunk's CRC does not match", code="corrupt_image")
+
+    async def chain():
+        try:
+            if case == "check fails first":
+                await asyncio.sleep(5)
+            if case == "chain fails first":
+                check_may_end.set()
+                raise StageError("stage 'denoise' is unreachable", code="stage_unreachable", status=502)
+            check_may_end.set()
+            return "outcome"
+        except asyncio.CancelledError:
+            chain_cancelled.set()
+            raise
+
+    async def scenario():
+        return await asyncio.wait_for(checked_while_running(check, chain()), 10)
+
+    if case == "both pass":
+        assert asyncio.run(scenario()) == "outcome"
+        return
+    with pytest.raises(BadRequest, match="CRC"):
+        asyncio.run(scenario())
+    assert chain_cancelled.is_set() == (case == "check fails first")
