@@ -27,6 +27,9 @@ PASSED_ON_STATUSES = {400, 413, 415, 422, 503}
 # Stage connections idle longer than this are not reused: under the stages' own keep-alive (uvicorn's 5 s),
 # so that a request never goes out on a connection the stage is closing at that moment.
 KEEPALIVE_S = 3.0
+# An answer is read whole: buffered up to about twice this before the connection stops reading (aiohttp's
+# 256 KiB default made a 6 MB answer stop and restart reading a dozen times).
+READ_BUFFER = 8 << 20
 
 
 # A check of this many bytes or fewer (a CRC pass over a photo-sized PNG, a header read) runs on the event
@@ -86,7 +89,7 @@ class StageHTTP:
             connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=KEEPALIVE_S)
             # The stages' answers are images and JSON as they are: no compression asked for or undone.
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                                  skip_auto_headers=("Accept-Encoding",))
+                                                  skip_auto_headers=("Accept-Encoding",), read_bufsize=READ_BUFFER)
         return self._session
 
     async def request(self, method: str, url: str, *, read_timeout: float, connect_timeout: float,
