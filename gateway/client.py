@@ -30,8 +30,6 @@ KEEPALIVE_S = 3.0
 # An answer is read whole: buffered up to about twice this before the connection stops reading (aiohttp's
 # 256 KiB default made a 6 MB answer stop and restart reading a dozen times).
 READ_BUFFER = 8 << 20
-
-
 # A check of this many bytes or fewer (a CRC pass over a photo-sized PNG, a header read) runs on the event
 # loop: it costs less than sending it to a thread and waking the loop when it is done.
 INLINE_CHECK_BYTES = 8 << 20
