@@ -177,7 +177,7 @@ def to_float_planes(arr: np.ndarray, peak: float, bgr: bool = False) -> tuple[np
             np.multiply(block[:, :, 2::-1] if bgr else block[:, :, :3], scale, out=rgb[rows], dtype=np.float32)
         if alpha is not None:
             np.multiply(block[:, :, -1], scale, out=alpha[rows], dtype=np.float32)
-    for_row_blocks(height, convert, parallel=arr.size >= PARALLEL_ELEMENTS)
+    for_row_blocks(height, convert, arr.size)
     return rgb, alpha
 
 
@@ -237,12 +237,13 @@ class _RowBlocks:
             raise self.error
 
 
-def for_row_blocks(rows: int, work: Callable[[slice], None], parallel: bool = True) -> None:
-    """``work(block)`` for every block of ``ROW_BLOCK`` rows out of ``rows``; blocks run on several threads
-    when ``parallel`` (``work`` must then touch only its own rows)."""
+def for_row_blocks(rows: int, work: Callable[[slice], None], values: int) -> None:
+    """``work(block)`` for every block of ``ROW_BLOCK`` rows out of ``rows``. When the work converts
+    ``values`` >= ``PARALLEL_ELEMENTS`` values, blocks run on several threads (``work`` must touch only its
+    own rows)."""
     global _convert_pool
     blocks = [slice(top, min(top + ROW_BLOCK, rows)) for top in range(0, rows, ROW_BLOCK)]
-    if not parallel or len(blocks) < 2 or _CONVERT_THREADS < 2:
+    if values < PARALLEL_ELEMENTS or len(blocks) < 2 or _CONVERT_THREADS < 2:
         for block in blocks:
             work(block)
         return
@@ -284,7 +285,7 @@ def to_integer(arr: np.ndarray, bit_depth: int, out: np.ndarray | None = None) -
             return
         block = np.ascontiguousarray(arr[rows], dtype=np.float32)
         out[rows] = cv2.multiply(block.reshape(block.shape[0], -1), peak, dtype=depth).reshape(block.shape)
-    for_row_blocks(arr.shape[0], convert, parallel=arr.size >= PARALLEL_ELEMENTS)
+    for_row_blocks(arr.shape[0], convert, arr.size)
     return out
 
 

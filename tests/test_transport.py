@@ -183,7 +183,7 @@ def test_conversions_shared_out_to_threads_match_one_thread(monkeypatch, bit_dep
 def test_row_blocks_raise_the_work_error_and_nest_without_deadlock():
     import threading
 
-    from shared.imaging import ROW_BLOCK, for_row_blocks
+    from shared.imaging import PARALLEL_ELEMENTS, ROW_BLOCK, for_row_blocks
     rows = ROW_BLOCK * 6
     seen = np.zeros(rows, np.int32)
 
@@ -191,11 +191,12 @@ def test_row_blocks_raise_the_work_error_and_nest_without_deadlock():
         seen[block] += 1
 
     def outer(block: slice) -> None:  # runs on pool threads too, and starts its own blocked work there
-        for_row_blocks(rows, lambda b: None)
+        for_row_blocks(rows, lambda b: None, PARALLEL_ELEMENTS)
         inner(block)
 
     finished = threading.Event()
-    worker = threading.Thread(target=lambda: (for_row_blocks(rows, outer), finished.set()), daemon=True)
+    worker = threading.Thread(target=lambda: (for_row_blocks(rows, outer, PARALLEL_ELEMENTS), finished.set()),
+                              daemon=True)
     worker.start()
     assert finished.wait(30), "nested row-block work deadlocked"
     assert (seen == 1).all()
@@ -204,7 +205,7 @@ def test_row_blocks_raise_the_work_error_and_nest_without_deadlock():
         if block.start == ROW_BLOCK * 3:
             raise ValueError("block 3 failed")
     with pytest.raises(ValueError, match="block 3 failed"):
-        for_row_blocks(rows, failing)
+        for_row_blocks(rows, failing, PARALLEL_ELEMENTS)
 
 
 @pytest.mark.parametrize("height", [1, 8, 9, 300, 1000])
